@@ -7,6 +7,7 @@ rows (p) and the draft's rows (q): acceptance is only exact when both see the sa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Sequence
 
 import mlx.core as mx
@@ -51,6 +52,7 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @cached_property
     def processors(self) -> list[LogitsProcessor]:
         """History-dependent logits processors (repetition penalty, logit bias)."""
         return make_logits_processors(

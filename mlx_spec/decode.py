@@ -1,0 +1,205 @@
+"""The decode loop: one round at a time, with or without a proposer.
+
+A round: propose k tokens -> target forward on [last, d_1..d_k] -> acceptance -> one host
+synchronisation -> trim the caches to the accepted prefix -> emit n+1 tokens. Plain decoding
+is this same loop with no proposer (k = 0). The verification (target forward, probabilities,
+acceptance) is one lazy MLX graph evaluated by the round's single synchronisation.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache
+
+from mlx_spec.acceptance import accept
+from mlx_spec.errors import SpecError
+from mlx_spec.policy import FixedK
+from mlx_spec.proposers import Proposal, Proposer, cache_length, common_prefix, forward_chunked, rollback
+from mlx_spec.sampling import SamplingParams, apply_processors, probabilities
+from mlx_spec.stats import Stats
+from mlx_spec.stops import StopText
+
+
+@dataclass
+class Step:
+    """What one round emits: its tokens, which of them were drafted, the new text."""
+
+    tokens: list[int]
+    drafted: list[bool]
+    text: str
+    finish_reason: str | None  # "stop" (EOS or stop string), "length", or None
+    stats: Stats
+
+
+def host_sync(values: mx.array) -> list[int]:
+    """The one place a round waits for the device."""
+    return values.tolist()
+
+
+class Engine:
+    """The state that lives across rounds and turns: the target, its KV cache, the committed
+    context, the proposers (tried in order each round) and the policy choosing k."""
+
+    def __init__(self, target, tokenizer, proposers: Sequence[Proposer] = (), policy=None,
+                 target_vocab: int | None = None, use_kernel: bool | None = None):
+        self.target, self.tokenizer = target, tokenizer
+        self.cache = make_prompt_cache(target)
+        self.proposers = list(proposers)
+        if self.proposers and not can_trim_prompt_cache(self.cache):
+            kinds = sorted({type(c).__name__ for c in self.cache if not c.is_trimmable()})
+            raise SpecError(
+                f"the target's KV cache cannot be rolled back ({', '.join(kinds)}), "
+                "so rejected draft tokens could not be undone",
+                "run it without a draft (--no-draft) for plain decoding",
+            )
+        self.policy = policy or FixedK(4 if self.proposers else 0)
+        self.target_vocab = target_vocab
+        self.use_kernel = use_kernel
+        self.context: list[int] = []  # committed tokens; the cache holds all but the last
+
+    def reset(self) -> None:
+        """Forget the conversation. (Proposers need nothing: their next prefill keeps only
+        the prefix their caches share with the new prompt.)"""
+        self.context = []
+        rollback(self.cache, 0)
+
+    def prefill(self, prompt: list[int]) -> int:
+        """Bring the caches to `prompt`, reusing the longest prefix they already hold.
+        Returns how many prompt tokens had to be processed anew."""
+        if not prompt:
+            raise SpecError("the prompt is empty", "give at least one token of prompt")
+        keep = min(
+            common_prefix(self.context, prompt),
+            len(prompt) - 1,
+            max(len(self.context) - 1, 0),
+            cache_length(self.cache),
+        )
+        if keep < cache_length(self.cache) and not can_trim_prompt_cache(self.cache):
+            self.cache, keep = make_prompt_cache(self.target), 0
+        rollback(self.cache, keep)
+        forward_chunked(self.target, self.cache, prompt[keep:-1])
+        self.context = list(prompt)
+        for proposer in self.proposers:
+            proposer.prefill(self.context)
+        return len(prompt) - keep
+
+    def _propose(self, sampling, rng, k_limit: int) -> Proposal | None:
+        for proposer in self.proposers:
+            k = min(self.policy.choose(proposer.name), k_limit)
+            if k > 0:
+                proposal = proposer.propose(self.context, k, sampling, rng)
+                if proposal is not None:
+                    return proposal
+        return None
+
+    def _verify(self, proposal: Proposal | None, sampling: SamplingParams, rng) -> mx.array:
+        """Lazy graph: target forward on [last, drafts], acceptance -> [n, extra, drafts...]."""
+        drafts = proposal.tokens if proposal else mx.zeros((0,), dtype=mx.int32)
+        k = drafts.shape[0]
+        inputs = mx.concatenate([mx.array(self.context[-1:], dtype=mx.int32), drafts])
+        logits = self.target(inputs[None], cache=self.cache)[0].astype(mx.float32)
+        if sampling.processors:
+            # Row i must see the history plain decoding would have had: context + d_1..d_i.
+            history = mx.array(self.context, dtype=mx.int32)
+            rows = [
+                apply_processors(sampling.processors, mx.concatenate([history, drafts[:i]]), logits[i : i + 1])
+                for i in range(k + 1)
+            ]
+            logits = mx.concatenate(rows)
+        if sampling.greedy:
+            # argmax of log-probabilities, exactly as plain greedy decoding computes it
+            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            n, extra = accept(logprobs, None, drafts, None, greedy=True, use_kernel=self.use_kernel)
+        else:
+            p = probabilities(logits, sampling)
+            u = mx.array(rng.random(k + 1, dtype=np.float32))
+            q = proposal.q if proposal else None
+            n, extra = accept(p, q, drafts, u, greedy=False, use_kernel=self.use_kernel)
+        return mx.concatenate([n[None], extra[None], drafts]).astype(mx.int32)
+
+    def decode(
+        self,
+        prompt: list[int],
+        *,
+        sampling: SamplingParams = SamplingParams(),
+        max_tokens: int = 256,
+        stop_strings: Sequence[str] = (),
+        stats: Stats | None = None,
+    ) -> Iterator[Step]:
+        """Generate after `prompt`, one Step per round. Closing the generator cancels; the
+        caches then hold exactly the tokens emitted so far."""
+        if max_tokens < 1:
+            raise SpecError(f"max_tokens must be at least 1, got {max_tokens}", "e.g. --max-tokens 256")
+        stats = stats or Stats()
+        rng = np.random.default_rng(sampling.seed)
+        eos = set(self.tokenizer.eos_token_ids)
+        detokenizer = self.tokenizer.detokenizer
+        stop_text = StopText(stop_strings)
+
+        tic = time.perf_counter()
+        stats.prompt_tokens = self.prefill(prompt)
+        stats.prompt_time = time.perf_counter() - tic
+        mx.reset_peak_memory()
+        generated, finish = 0, None
+        start = time.perf_counter()
+        while finish is None:
+            t0 = time.perf_counter()
+            proposal = self._propose(sampling, rng, max_tokens - generated - 1)
+            t1 = time.perf_counter()
+            values = host_sync(self._verify(proposal, sampling, rng))
+            t2 = time.perf_counter()
+            stats.host_syncs += 1
+            n, extra, drafts = values[0], values[1], values[2:]
+            committed = drafts[:n] + [extra]
+
+            # Stop conditions inside the round: never emit past them.
+            text = ""
+            for j, token in enumerate(committed):
+                generated += 1
+                if token in eos:
+                    finish = "stop"
+                else:
+                    detokenizer.add_token(token)
+                    emitted, hit = stop_text.feed(detokenizer.last_segment)
+                    text += emitted
+                    finish = "stop" if hit else None
+                if finish is None and generated >= max_tokens:
+                    finish = "length"
+                if finish is not None:
+                    committed = committed[: j + 1]
+                    break
+            if finish is not None and not stop_text.hit:
+                # EOS or max tokens: release what the detokenizer and stop filter held back
+                detokenizer.finalize()
+                emitted, _ = stop_text.feed(detokenizer.last_segment)
+                text += emitted + stop_text.flush()
+
+            # Roll back: the target cache keeps [last, accepted drafts]; the new last is
+            # the final committed token, not yet processed.
+            self.context += committed
+            rollback(self.cache, len(self.context) - 1)
+            n_accepted = min(n, len(committed))
+            for proposer in self.proposers:
+                proposer.observe(proposal, n_accepted, committed)
+            k = proposal.k if proposal else 0
+            if proposal is not None:
+                self.policy.update(proposal.source, k, n)
+            stats.record_round(proposal.source if proposal else None, k, n_accepted, len(committed))
+            t3 = time.perf_counter()
+            stats.draft_time += t1 - t0
+            stats.verify_time += t2 - t1
+            stats.other_time += t3 - t2
+            stats.generation_time = t3 - start
+            stats.peak_memory_gb = mx.get_peak_memory() / 1e9
+            yield Step(
+                tokens=committed,
+                drafted=[j < n_accepted for j in range(len(committed))],
+                text=text,
+                finish_reason=finish,
+                stats=stats,
+            )

@@ -1,0 +1,228 @@
+"""The Python API apps embed: load a draft/target pair once, then stream or generate.
+
+    pair = load_pair("qwen2.5-coder-1.5b")            # a name from models.toml
+    pair = load_pair("path/to/target", draft="ngram")  # or explicit references
+    for step in pair.stream("Write quicksort in Python."):
+        print(step.text, end="")
+    print(pair.last_stats.summary())
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence, Union
+
+from mlx_spec.decode import Engine, Step
+from mlx_spec.errors import SpecError
+from mlx_spec.policy import AdaptiveK, FixedK, cached_calibration
+from mlx_spec.proposers import DraftModelProposer, NgramProposer
+from mlx_spec.sampling import SamplingParams
+from mlx_spec.stats import Stats
+
+Messages = Sequence[dict]
+Prompt = Union[str, Sequence[int], Messages]
+MAX_MISMATCHES_SHOWN = 3
+
+
+def vocab_size(model) -> int:
+    """Rows of the model's output layer (the logits' width), padding included."""
+    args = getattr(model, "args", None)
+    size = getattr(args, "vocab_size", None)
+    if size is None:
+        raise SpecError("cannot tell the model's vocabulary size", "is this an mlx-lm model?")
+    return int(size)
+
+
+def check_tokenizers(target_tok, draft_tok, target_name: str, draft_name: str) -> None:
+    """Refuse a pair whose tokenizers disagree on the ids they share (padding may differ)."""
+    t_vocab = {i: s for s, i in target_tok.get_vocab().items()}
+    d_vocab = {i: s for s, i in draft_tok.get_vocab().items()}
+    shared = sorted(set(t_vocab) & set(d_vocab))
+    bad = [i for i in shared if t_vocab[i] != d_vocab[i]]
+    missing = len(set(t_vocab) ^ set(d_vocab))
+    if bad or not shared:
+        shown = ", ".join(f"id {i}: {t_vocab[i]!r} vs {d_vocab[i]!r}" for i in bad[:MAX_MISMATCHES_SHOWN])
+        raise SpecError(
+            f"tokenizers of target {target_name} and draft {draft_name} disagree on "
+            f"{len(bad)} of {len(shared)} shared token ids ({shown or 'no ids in common'})",
+            "pick a draft from the same model family (same tokenizer), or use --draft ngram",
+        )
+    common = min(len(t_vocab), len(d_vocab))
+    if missing and (max(shared) + 1 != common if shared else True):
+        raise SpecError(
+            f"tokenizers of target {target_name} and draft {draft_name} differ beyond padding",
+            "pick a draft from the same model family, or use --draft ngram",
+        )
+
+
+@dataclass
+class Result:
+    text: str
+    tokens: list[int]
+    finish_reason: str | None
+    stats: Stats
+
+
+@dataclass
+class Pair:
+    """A target, an optional proposer setup, and the engine that keeps their caches."""
+
+    target: object  # mlx-lm model
+    tokenizer: object  # mlx-lm TokenizerWrapper
+    draft: object | None = None
+    ngram: bool = False
+    k: int | None = None  # None: adaptive
+    k_max: int = 8
+    target_name: str = "target"
+    draft_name: str | None = None
+    target_bytes: int = 0
+    draft_bytes: int = 0
+    use_kernel: bool | None = None
+    context_length: int | None = None
+    last_stats: Stats | None = field(default=None, init=False)
+
+    def __post_init__(self):
+        proposers = []
+        if self.ngram:
+            proposers.append(NgramProposer())
+        if self.draft is not None:
+            proposers.append(DraftModelProposer(self.draft, vocab_size(self.target)))
+        self.engine = Engine(
+            self.target,
+            self.tokenizer,
+            proposers,
+            policy=self._policy(bool(proposers)),
+            use_kernel=self.use_kernel,
+        )
+
+    def _policy(self, drafting: bool):
+        if not drafting:
+            return FixedK(0)
+        if self.k is not None:
+            return FixedK(self.k)
+        key = "|".join(
+            [_machine_key(), self.target_name, self.draft_name or "-", str(self.target_bytes)]
+        )
+        return AdaptiveK(cached_calibration(key, self.target, self.draft, self.k_max), self.k_max)
+
+    def encode(self, prompt: Prompt, chat: bool = True, system: str | None = None) -> list[int]:
+        """Text (chat-templated when the tokenizer has a template and chat=True), a list of
+        chat messages, or token ids -> token ids."""
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise SpecError("the prompt is empty", "type something to send to the model")
+            if chat and self.tokenizer.has_chat_template:
+                messages = ([{"role": "system", "content": system}] if system else [])
+                return self.encode(messages + [{"role": "user", "content": prompt}])
+            return list(self.tokenizer.encode(prompt))
+        prompt = list(prompt)
+        if not prompt:
+            raise SpecError("the prompt is empty", "give at least one token or message")
+        if isinstance(prompt[0], dict):
+            if not self.tokenizer.has_chat_template:
+                raise SpecError("this tokenizer has no chat template", "pass raw text with chat=False")
+            return list(self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True))
+        return [int(t) for t in prompt]
+
+    def stream(
+        self,
+        prompt: Prompt,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        seed: int | None = None,
+        repetition_penalty: float | None = None,
+        stop: Sequence[str] = (),
+        chat: bool = True,
+        system: str | None = None,
+    ) -> Iterator[Step]:
+        """Yield one Step per round (text, token ids, which were drafted, running stats).
+        Close the generator to cancel; the caches keep exactly the tokens emitted."""
+        sampling = SamplingParams(
+            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+            repetition_penalty=repetition_penalty,
+        )
+        ids = self.encode(prompt, chat=chat, system=system)
+        if self.context_length and len(ids) + max_tokens > self.context_length:
+            raise SpecError(
+                f"prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceeds the model's "
+                f"context of {self.context_length} tokens",
+                "shorten the prompt, lower --max-tokens, or /reset the conversation",
+            )
+        stats = Stats(target_bytes=self.target_bytes, draft_bytes=self.draft_bytes)
+        self.last_stats = stats
+        yield from self.engine.decode(ids, sampling=sampling, max_tokens=max_tokens, stop_strings=stop, stats=stats)
+
+    def generate(self, prompt: Prompt, **kwargs) -> Result:
+        """The whole completion at once."""
+        text, tokens, finish = [], [], None
+        for step in self.stream(prompt, **kwargs):
+            text.append(step.text)
+            tokens += step.tokens
+            finish = step.finish_reason
+        return Result("".join(text), tokens, finish, self.last_stats)
+
+    def reset(self) -> None:
+        """Forget the conversation held in the caches."""
+        self.engine.reset()
+
+
+def _machine_key() -> str:
+    from mlx_spec.platform import machine
+
+    m = machine()
+    return hashlib.sha1(f"{m['chip']}|{m['backend']}|{m['cpu_cores']}".encode()).hexdigest()[:12]
+
+
+def load_pair(
+    target: str,
+    draft: str | None = None,
+    *,
+    ngram: bool = False,
+    k: int | None = None,
+    k_max: int = 8,
+    dtype: str | None = None,
+    use_kernel: bool | None = None,
+) -> Pair:
+    """Load a pair once. `target` is a pair name from models.toml, a local directory or a
+    Hugging Face repo id. `draft`: None (the pair's draft, or plain decoding for a bare
+    target), a reference, "ngram" (draft-free), or "none". `ngram=True` adds n-gram
+    proposals in front of the draft model. `k`: fixed draft length; None adapts it."""
+    from mlx_spec.loading import load_model
+    from mlx_spec.registry import load_registry
+
+    registry = load_registry()
+    if target in registry.pairs:
+        spec = registry.get(target)
+        target = spec.target
+        if draft is None:
+            draft = spec.draft
+    if draft == "ngram":
+        draft, ngram = None, True
+    elif draft == "none":
+        draft = None
+    loaded_target = load_model(target, dtype=dtype)
+    loaded_draft = load_model(draft, dtype=dtype) if draft else None
+    if loaded_draft is not None:
+        check_tokenizers(loaded_target.tokenizer, loaded_draft.tokenizer, loaded_target.name, loaded_draft.name)
+    from mlx_spec.platform import set_wired_limit
+
+    set_wired_limit(loaded_target.nbytes + (loaded_draft.nbytes if loaded_draft else 0))
+    return Pair(
+        target=loaded_target.model,
+        tokenizer=loaded_target.tokenizer,
+        draft=loaded_draft.model if loaded_draft else None,
+        ngram=ngram,
+        k=k,
+        k_max=k_max,
+        target_name=loaded_target.name,
+        draft_name=loaded_draft.name if loaded_draft else ("ngram" if ngram else None),
+        target_bytes=loaded_target.nbytes,
+        draft_bytes=loaded_draft.nbytes if loaded_draft else 0,
+        use_kernel=use_kernel,
+        context_length=getattr(loaded_target, "context_length", None),
+    )

@@ -1,0 +1,152 @@
+"""Choosing k, the number of tokens to propose in a round.
+
+Expected tokens per round with per-token acceptance alpha: (1 - alpha^(k+1)) / (1 - alpha).
+Throughput is that over the round's cost, k * t_draft + t_verify(k). The costs are measured
+once per machine and pair (`calibrate`, cached on disk); alpha is tracked online per source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlx.core as mx
+from mlx_lm.models.cache import make_prompt_cache
+
+from mlx_spec.errors import SpecError
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Mean tokens a round emits when each drafted token is accepted with probability alpha."""
+    if alpha >= 1.0:
+        return k + 1.0
+    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+
+
+@dataclass
+class Costs:
+    """Seconds per draft step and per target verification of k+1 tokens (index k)."""
+
+    draft_step: float
+    verify: list[float]
+
+    def round_cost(self, k: int, draft_step: float | None = None) -> float:
+        step = self.draft_step if draft_step is None else draft_step
+        return k * step + self.verify[min(k, len(self.verify) - 1)]
+
+
+class FixedK:
+    """Always propose k tokens."""
+
+    def __init__(self, k: int):
+        if k < 0:
+            raise SpecError(f"k must be >= 0, got {k}", "use --k 4, or --adaptive")
+        self.k = k
+
+    def choose(self, source: str) -> int:
+        return self.k
+
+    def update(self, source: str, k: int, n: int) -> None:
+        pass
+
+
+class AdaptiveK:
+    """Pick, each round, the k that maximises expected tokens per second.
+
+    alpha per source is a decayed count of accepts over trials (a round with n of k accepted
+    is n successes and one failure when n < k). When k = 0 wins, a round with k = 1 is tried
+    every `probe_every` rounds so that a source which improves gets another chance.
+    """
+
+    def __init__(self, costs: Costs, k_max: int = 8, prior: float = 0.6, decay: float = 0.9,
+                 probe_every: int = 8, free_sources: tuple[str, ...] = ("ngram",)):
+        self.costs, self.k_max, self.decay, self.probe_every = costs, k_max, decay, probe_every
+        self.free_sources = free_sources
+        self.prior = prior
+        self.counts: dict[str, list[float]] = {}  # source -> [successes, failures]
+        self.idle: dict[str, int] = {}
+
+    def alpha(self, source: str) -> float:
+        s, f = self.counts.get(source, (0.0, 0.0))
+        return (s + 2 * self.prior) / (s + f + 2)  # a weak prior worth two trials
+
+    def choose(self, source: str) -> int:
+        alpha = self.alpha(source)
+        step = 0.0 if source in self.free_sources else None
+        k_best = max(
+            range(self.k_max + 1),
+            key=lambda k: expected_tokens(alpha, k) / self.costs.round_cost(k, step),
+        )
+        if k_best == 0:
+            self.idle[source] = self.idle.get(source, 0) + 1
+            if self.idle[source] % self.probe_every == 0:
+                return 1
+        return k_best
+
+    def update(self, source: str, k: int, n: int) -> None:
+        if k == 0:
+            return
+        s, f = self.counts.get(source, (0.0, 0.0))
+        self.counts[source] = [self.decay * s + n, self.decay * f + (n < k)]
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times)
+
+
+def _forward_cost(model, context: int, tokens: int, repeats: int) -> float:
+    """Seconds for one forward of `tokens` new tokens after `context` cached ones."""
+    cache = make_prompt_cache(model)
+    mx.eval(model(mx.zeros((1, context), dtype=mx.int32), cache=cache))
+
+    def step():
+        mx.eval(model(mx.ones((1, tokens), dtype=mx.int32), cache=cache))
+        for c in cache:
+            c.trim(tokens)
+
+    step()  # warm-up: first calls compile and allocate
+    return _median_time(step, repeats)
+
+
+def calibrate(target, draft=None, k_max: int = 8, context: int = 128, repeats: int = 3) -> Costs:
+    """Measure t_verify(k) for k = 0..k_max and the draft's per-token step on this machine."""
+    verify = [_forward_cost(target, context, k + 1, repeats) for k in range(k_max + 1)]
+    # Noise can make the curve dip; verifying more tokens never costs less.
+    for k in range(1, len(verify)):
+        verify[k] = max(verify[k], verify[k - 1])
+    draft_step = _forward_cost(draft, context, 1, repeats) if draft is not None else 0.0
+    return Costs(draft_step=draft_step, verify=verify)
+
+
+def calibration_path() -> Path:
+    home = os.environ.get("MLX_SPEC_HOME") or Path.home() / ".cache" / "mlx-spec"
+    return Path(home) / "calibration.json"
+
+
+def cached_calibration(key: str, target, draft=None, k_max: int = 8) -> Costs:
+    """Costs for this machine and pair, measured once and kept in calibration.json."""
+    path = calibration_path()
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    entry = table.get(key)
+    if entry and len(entry.get("verify", [])) > k_max:
+        return Costs(**entry)
+    costs = calibrate(target, draft, k_max=k_max)
+    table[key] = asdict(costs)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(table, indent=1))
+    except OSError:
+        pass  # a read-only home only costs a re-calibration next time
+    return costs

@@ -1,0 +1,193 @@
+"""Proposers: who guesses the next k tokens of a round.
+
+One small interface (prefill, propose, observe) so that a tree or self-speculative proposer
+can be added later. A draft model proposes lazily (no host sync: its steps are queued with
+mx.async_eval and resolved by the round's one synchronisation); the n-gram proposer looks up
+the context on the host and costs nearly nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+
+from mlx_spec.errors import SpecError
+from mlx_spec.sampling import SamplingParams, apply_processors, probabilities
+
+PREFILL_CHUNK = 512
+
+
+@dataclass
+class Proposal:
+    """k proposed tokens; q their draft distributions (k, V_target), None for one-hot."""
+
+    tokens: mx.array
+    q: mx.array | None
+    source: str
+
+    @property
+    def k(self) -> int:
+        return self.tokens.shape[0]
+
+
+class Proposer(Protocol):
+    name: str
+
+    def prefill(self, context: list[int]) -> None:
+        """Get ready to propose after `context` (called before rounds start; may sync)."""
+
+    def propose(
+        self, context: list[int], k: int, sampling: SamplingParams, rng: np.random.Generator
+    ) -> Proposal | None:
+        """Up to k tokens that follow `context`, or None when there is nothing to propose."""
+
+    def observe(self, proposal: Proposal | None, n_accepted: int, committed: list[int]) -> None:
+        """A round ended: `committed` tokens were appended to the context; the first
+        `n_accepted` of them were the proposal's own tokens."""
+
+
+def cache_length(cache: list) -> int:
+    return cache[0].offset if cache else 0
+
+
+def rollback(cache: list, keep: int) -> None:
+    """Trim a prompt cache so it holds exactly the first `keep` tokens."""
+    extra = cache_length(cache) - keep
+    if extra > 0:
+        trim_prompt_cache(cache, extra)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    mismatch = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(mismatch[0]) if mismatch.size else n
+
+
+def forward_chunked(model, cache: list, tokens: list[int], chunk: int = PREFILL_CHUNK) -> None:
+    """Run tokens through a model only to fill its cache (prefill)."""
+    for start in range(0, len(tokens), chunk):
+        model(mx.array(tokens[start : start + chunk])[None], cache=cache)
+        mx.eval([c.state for c in cache])
+
+
+class DraftModelProposer:
+    """A small model of the same tokenizer drafts k tokens autoregressively."""
+
+    name = "draft"
+
+    def __init__(self, model, target_vocab: int):
+        self.model = model
+        self.cache = make_prompt_cache(model)
+        if not can_trim_prompt_cache(self.cache):
+            raise SpecError(
+                "the draft model's cache cannot be rolled back (recurrent or sliding layers)",
+                "choose a draft with plain attention layers, or use draft 'ngram'",
+            )
+        self.target_vocab = target_vocab
+        self.seen: list[int] = []  # tokens held in the draft cache
+        self._inflight: tuple[list[int], int] | None = None  # (tokens fed, k) of the last proposal
+
+    def prefill(self, context: list[int]) -> None:
+        keep = min(common_prefix(self.seen, context), len(context) - 1, cache_length(self.cache))
+        rollback(self.cache, keep)
+        forward_chunked(self.model, self.cache, context[keep:-1])
+        self.seen = list(context[:-1])
+
+    def _distribution(self, logits: mx.array, history: mx.array, sampling: SamplingParams):
+        """Draft row -> (logits over the shared vocabulary, q padded to the target's size)."""
+        logits = apply_processors(sampling.processors, history, logits[:, : self.target_vocab])
+        if sampling.greedy:
+            return logits, None
+        q = probabilities(logits, sampling)
+        pad = self.target_vocab - q.shape[-1]
+        if pad > 0:  # ids the draft does not have get probability 0
+            q = mx.concatenate([q, mx.zeros((1, pad), q.dtype)], axis=-1)
+        return logits, q
+
+    def propose(self, context, k, sampling, rng):
+        pending = context[len(self.seen) :]
+        history = mx.array(context) if sampling.processors else None
+        logits = self.model(mx.array(pending)[None], cache=self.cache)[:, -1, :]
+        tokens, qs = [], []
+        for i in range(k):
+            row, q = self._distribution(logits, history, sampling)
+            if q is None:
+                token = mx.argmax(row, axis=-1)
+            else:
+                key = mx.random.key(int(rng.integers(2**31)))
+                token = mx.random.categorical(mx.log(q), key=key)
+                qs.append(q)
+            token = token.astype(mx.int32)
+            mx.async_eval(token)
+            tokens.append(token)
+            if i + 1 < k:
+                if history is not None:
+                    history = mx.concatenate([history, token])
+                logits = self.model(token[None], cache=self.cache)[:, -1, :]
+        self._inflight = (pending, k)
+        return Proposal(
+            tokens=mx.concatenate(tokens),
+            q=mx.concatenate(qs) if qs else None,
+            source=self.name,
+        )
+
+    def observe(self, proposal, n_accepted, committed):
+        if proposal is None or proposal.source != self.name or self._inflight is None:
+            return  # committed tokens stay pending until the next proposal feeds them
+        pending, k = self._inflight
+        self._inflight = None
+        # The draft processed pending + d_1..d_{k-1}. Keep the accepted ones, but always leave
+        # the newest committed token unprocessed: its logits start the next proposal.
+        kept = min(n_accepted, len(committed) - 1, k - 1)
+        self.seen += pending + committed[:kept]
+        rollback(self.cache, len(self.seen))
+
+
+class NgramProposer:
+    """Prompt lookup: find the longest recent suffix (max_n down to min_n tokens) earlier in
+    the context, and propose what followed it there."""
+
+    name = "ngram"
+
+    def __init__(self, max_n: int = 4, min_n: int = 2):
+        if not 1 <= min_n <= max_n:
+            raise SpecError(f"bad n-gram sizes min_n={min_n}, max_n={max_n}", "need 1 <= min_n <= max_n")
+        self.max_n, self.min_n = max_n, min_n
+        self.indexed: list[int] = []
+        self.index: dict[tuple[int, ...], int] = {}  # n-gram -> where its continuation starts
+
+    def prefill(self, context: list[int]) -> None:
+        if common_prefix(self.indexed, context) < len(self.indexed):
+            self.indexed, self.index = [], {}
+
+    def _extend(self, context: list[int]) -> None:
+        # Key: an n-gram; value: where its continuation starts. Only n-grams with at least one
+        # token after them are indexed, and later occurrences overwrite earlier ones, so the
+        # lookup of the context's own suffix finds its most recent earlier occurrence.
+        if len(context) < len(self.indexed):
+            self.indexed, self.index = [], {}
+        for start in range(max(len(self.indexed), 1), len(context)):
+            for n in range(self.min_n, min(self.max_n, start) + 1):
+                self.index[tuple(context[start - n : start])] = start
+        self.indexed = list(context)
+
+    def lookup(self, context: list[int], k: int) -> list[int]:
+        self._extend(context)
+        for n in range(min(self.max_n, len(context)), self.min_n - 1, -1):
+            start = self.index.get(tuple(context[-n:]))
+            if start is not None:
+                return context[start : start + k]
+        return []
+
+    def propose(self, context, k, sampling, rng):
+        found = self.lookup(context, k) if k > 0 else []
+        if not found:
+            return None
+        return Proposal(tokens=mx.array(found, dtype=mx.int32), q=None, source=self.name)
+
+    def observe(self, proposal, n_accepted, committed):
+        pass  # the index catches up with the context at the next lookup

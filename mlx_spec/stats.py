@@ -1,0 +1,119 @@
+"""Statistics of one generation: speed, acceptance (tau, by position), k, time split, memory.
+
+First-class, not an afterthought: every front end (chat, generate, bench) reads this object.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0  # tokens prefilled by the target this call (new suffix only)
+    prompt_time: float = 0.0
+    generated_tokens: int = 0
+    generation_time: float = 0.0
+    rounds: int = 0
+    target_forwards: int = 0  # verification passes (one per round)
+    host_syncs: int = 0  # host synchronisations inside rounds
+    drafted: int = 0  # proposed tokens, all rounds
+    accepted: int = 0  # proposed tokens the target accepted
+    proposed_by_position: list[int] = field(default_factory=list)
+    accepted_by_position: list[int] = field(default_factory=list)
+    k_counts: Counter = field(default_factory=Counter)
+    rounds_by_source: Counter = field(default_factory=Counter)
+    draft_time: float = 0.0
+    verify_time: float = 0.0
+    other_time: float = 0.0
+    peak_memory_gb: float = 0.0
+    target_bytes: int = 0
+    draft_bytes: int = 0
+
+    def record_round(self, source: str | None, k: int, n: int, emitted: int) -> None:
+        self.rounds += 1
+        self.target_forwards += 1
+        self.generated_tokens += emitted
+        self.k_counts[k] += 1
+        self.rounds_by_source[source or "none"] += 1
+        self.drafted += k
+        self.accepted += n
+        grow = k - len(self.proposed_by_position)
+        if grow > 0:
+            self.proposed_by_position += [0] * grow
+            self.accepted_by_position += [0] * grow
+        for i in range(k):
+            self.proposed_by_position[i] += 1
+            self.accepted_by_position[i] += i < n
+
+    @property
+    def tau(self) -> float:
+        """Mean tokens emitted per round (1.0 for plain decoding)."""
+        return self.generated_tokens / self.rounds if self.rounds else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def acceptance_by_position(self) -> list[float]:
+        return [a / p if p else 0.0 for a, p in zip(self.accepted_by_position, self.proposed_by_position)]
+
+    @property
+    def mean_k(self) -> float:
+        return self.drafted / self.rounds if self.rounds else 0.0
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.prompt_time if self.prompt_time > 0 else 0.0
+
+    @property
+    def generation_tps(self) -> float:
+        return self.generated_tokens / self.generation_time if self.generation_time > 0 else 0.0
+
+    @property
+    def bandwidth_gbs(self) -> float:
+        """Achieved bandwidth: target weight bytes x target forward passes per second."""
+        if self.generation_time <= 0:
+            return 0.0
+        return self.target_bytes * self.target_forwards / self.generation_time / 1e9
+
+    def time_split(self) -> dict[str, float]:
+        total = self.draft_time + self.verify_time + self.other_time
+        if total <= 0:
+            return {"draft": 0.0, "verify": 0.0, "other": 0.0}
+        return {
+            "draft": self.draft_time / total,
+            "verify": self.verify_time / total,
+            "other": self.other_time / total,
+        }
+
+    def summary(self) -> str:
+        """The one-line summary chat prints after each reply."""
+        line = f"{self.generation_tps:.1f} tok/s, {self.generated_tokens} tokens"
+        if self.drafted:
+            line += f", tau {self.tau:.2f}, accepted {self.acceptance_rate:.0%}, k {self.mean_k:.1f}"
+        return line
+
+    def to_dict(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "prompt_tps": self.prompt_tps,
+            "generated_tokens": self.generated_tokens,
+            "generation_tps": self.generation_tps,
+            "rounds": self.rounds,
+            "tau": self.tau,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "acceptance_rate": self.acceptance_rate,
+            "acceptance_by_position": self.acceptance_by_position,
+            "mean_k": self.mean_k,
+            "k_counts": {str(k): v for k, v in sorted(self.k_counts.items())},
+            "rounds_by_source": dict(self.rounds_by_source),
+            "target_forwards": self.target_forwards,
+            "host_syncs": self.host_syncs,
+            "time_split": self.time_split(),
+            "peak_memory_gb": self.peak_memory_gb,
+            "bandwidth_gbs": self.bandwidth_gbs,
+        }
