@@ -1,0 +1,165 @@
+"""Sampling is lossless: speculative output follows the target's exact distribution.
+
+On an 8-token vocabulary the exact probability of every 3-token continuation is computed
+from the target, and thousands of seeded generations are compared against it with a
+chi-square statistic. The same harness, run with a wrong acceptance rule (resampling from p
+instead of the residual after a rejection), must fail the bound: the test can fail.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from conftest import ByteTokenizer, random_llama
+
+import mlx_spec.decode as decode
+from mlx_spec.acceptance import accept_sampled, leading_accepts, sample_from_weights
+from mlx_spec.decode import Engine
+from mlx_spec.policy import FixedK
+from mlx_spec.proposers import DraftModelProposer, NgramProposer
+from mlx_spec.sampling import SamplingParams, probabilities
+
+VOCAB = 8
+LENGTH = 3
+RUNS = 2000
+PROMPT = [1, 2, 1, 2, 1]  # repeats, so the n-gram proposer has something to propose
+
+
+@pytest.fixture(scope="module")
+def target():
+    return random_llama(vocab=VOCAB, dim=32, layers=2, seed=11, scale=0.8)
+
+
+@pytest.fixture(scope="module")
+def draft():
+    return random_llama(vocab=VOCAB, dim=32, layers=1, seed=12, scale=0.8)
+
+
+def exact_distribution(target, sampling) -> dict[tuple[int, ...], float]:
+    """P(t_1..t_L | prompt) for every continuation, from full forward passes."""
+    probs = {(): 1.0}
+    for _ in range(LENGTH):
+        grown = {}
+        for prefix, mass in probs.items():
+            logits = target(mx.array(PROMPT + list(prefix))[None])[0, -1:]
+            row = np.array(probabilities(logits, sampling)[0])
+            for token in range(VOCAB):
+                grown[prefix + (token,)] = mass * float(row[token])
+        probs = grown
+    return probs
+
+
+def empirical_counts(engine, sampling_for_seed) -> dict[tuple[int, ...], int]:
+    counts: dict[tuple[int, ...], int] = {}
+    for seed in range(RUNS):
+        tokens = []
+        for step in engine.decode(PROMPT, sampling=sampling_for_seed(seed), max_tokens=LENGTH):
+            tokens += step.tokens
+        counts[tuple(tokens)] = counts.get(tuple(tokens), 0) + 1
+    return counts
+
+
+def chi_square(counts, exact) -> tuple[float, int]:
+    """Pearson statistic over cells with expected count >= 5 (the rest pooled)."""
+    stat, dof, pooled_obs, pooled_exp = 0.0, -1, 0, 0.0
+    for cell, p in exact.items():
+        expected, observed = p * RUNS, counts.get(cell, 0)
+        if expected >= 5:
+            stat += (observed - expected) ** 2 / expected
+            dof += 1
+        else:
+            pooled_obs += observed
+            pooled_exp += expected
+    if pooled_exp > 0:
+        stat += (pooled_obs - pooled_exp) ** 2 / pooled_exp
+        dof += 1
+    return stat, dof
+
+
+def bound(dof: int) -> float:
+    # about 4.5 standard deviations above the mean of a chi-square with `dof` degrees
+    return dof + 4.5 * math.sqrt(2 * dof)
+
+
+SETTINGS = {
+    "t1": dict(temperature=1.0),
+    "t0.7-top_p": dict(temperature=0.7, top_p=0.9),
+    "top_k-min_p": dict(temperature=1.0, top_k=5, min_p=0.05),
+}
+
+
+def make_engine(target, draft, proposer: str, k: int):
+    proposers = {
+        "draft": [DraftModelProposer(draft, VOCAB)] if draft is not None else [],
+        "ngram": [NgramProposer(max_n=2, min_n=1)],
+        "plain": [],
+    }[proposer]
+    return Engine(target, ByteTokenizer(), proposers, policy=FixedK(k if proposers else 0))
+
+
+@pytest.mark.parametrize(
+    "proposer,k,setting",
+    [("draft", 2, "t1"), ("draft", 3, "t0.7-top_p"), ("draft", 2, "top_k-min_p"), ("ngram", 3, "t1"), ("plain", 0, "t1")],
+)
+def test_sampled_output_follows_target_distribution(target, draft, proposer, k, setting):
+    params = SETTINGS[setting]
+    exact = exact_distribution(target, SamplingParams(**params))
+    engine = make_engine(target, draft, proposer, k)
+    counts = empirical_counts(engine, lambda seed: SamplingParams(seed=seed, **params))
+    stat, dof = chi_square(counts, exact)
+    assert stat < bound(dof), f"chi-square {stat:.1f} with {dof} dof"
+
+
+def wrong_accept_sampled(p, q, drafts, u):
+    """The classic bug: after a rejection, sample from p_n instead of the residual."""
+    k = drafts.shape[0]
+    if k == 0:
+        return accept_sampled(p, q, drafts, u)
+    p_x = mx.take_along_axis(p[:k], drafts[:, None], axis=-1)[:, 0]
+    q_x = mx.take_along_axis(q[:k], drafts[:, None], axis=-1)[:, 0]
+    n = leading_accepts(u[:k] * q_x < p_x)
+    return n, sample_from_weights(p[n], u[k])
+
+
+def test_the_harness_catches_a_wrong_acceptance_rule(target, draft, monkeypatch):
+    params = SETTINGS["t1"]
+    exact = exact_distribution(target, SamplingParams(**params))
+
+    def wrong(rows, q, drafts, u, *, greedy, use_kernel=None):
+        return wrong_accept_sampled(rows, q, drafts, u)
+
+    monkeypatch.setattr(decode, "accept", wrong)
+    engine = make_engine(target, draft, "draft", 2)
+    counts = empirical_counts(engine, lambda seed: SamplingParams(seed=seed, **params))
+    stat, dof = chi_square(counts, exact)
+    assert stat > bound(dof), f"a wrong rule passed: chi-square {stat:.1f} with {dof} dof"
+
+
+def test_exact_distribution_sums_to_one(target):
+    exact = exact_distribution(target, SamplingParams(temperature=1.0))
+    assert set(exact) == set(itertools.product(range(VOCAB), repeat=LENGTH))
+    assert abs(sum(exact.values()) - 1.0) < 1e-4
+
+
+def test_speculative_sampling_accepts_more_than_sample_and_compare(target, draft):
+    """sum_x min(p, q) >= sum_x p q: the reason rejection sampling beats mlx-lm's rule."""
+    logits = target(mx.array(PROMPT)[None])[0, -1:]
+    dlogits = draft(mx.array(PROMPT)[None])[0, -1:]
+    params = SamplingParams(temperature=1.0)
+    p = np.array(probabilities(logits, params)[0])
+    q = np.array(probabilities(dlogits, params)[0])
+    assert np.minimum(p, q).sum() > (p * q).sum()
+    # and the reference realises sum min(p, q) empirically
+    drafts_sampled = np.random.default_rng(0).choice(VOCAB, size=4000, p=q / q.sum())
+    us = np.random.default_rng(1).random((4000, 2), dtype=np.float32)
+    accepted = 0
+    P = mx.array(np.stack([p, p]))
+    Q = mx.array(q[None])
+    for x, u in zip(drafts_sampled, us):
+        n, _ = accept_sampled(P, Q, mx.array([int(x)]), mx.array(u))
+        accepted += n.item()
+    assert abs(accepted / 4000 - np.minimum(p, q).sum()) < 0.03
