@@ -1,0 +1,61 @@
+"""Choosing k: the expected-throughput model, online acceptance tracking, calibration cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlx_spec.policy import AdaptiveK, Costs, cached_calibration, calibration_path, expected_tokens
+
+
+def test_expected_tokens_formula():
+    assert expected_tokens(0.0, 5) == 1.0
+    assert expected_tokens(1.0, 5) == 6.0
+    assert expected_tokens(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
+
+
+# verify cost grows slowly with k (the regime where drafting pays), as on this CPU
+CHEAP_VERIFY = Costs(draft_step=0.37, verify=[1.0, 1.2, 1.3, 1.33, 1.35, 1.37, 1.4, 1.42, 1.45])
+
+
+def feed(policy, source, alpha_pattern, rounds=40):
+    """Report rounds where exactly the first n of k were accepted."""
+    for _ in range(rounds):
+        k = max(policy.choose(source), 1)
+        policy.update(source, k, min(alpha_pattern, k))
+
+
+def test_high_acceptance_drafts_more_than_low_acceptance():
+    good, bad = AdaptiveK(CHEAP_VERIFY), AdaptiveK(CHEAP_VERIFY)
+    feed(good, "draft", alpha_pattern=8)  # everything accepted
+    feed(bad, "draft", alpha_pattern=0)  # nothing accepted
+    assert good.choose("draft") >= 5
+    assert bad.alpha("draft") < 0.15
+    assert bad.choose("draft") == 0
+
+
+def test_useless_draft_falls_back_to_plain_decoding_with_probes():
+    policy = AdaptiveK(CHEAP_VERIFY, probe_every=4)
+    feed(policy, "draft", alpha_pattern=0)
+    choices = [policy.choose("draft") for _ in range(8)]
+    assert choices.count(0) == 6 and choices.count(1) == 2
+
+
+def test_free_proposals_are_worth_more_tokens():
+    policy = AdaptiveK(CHEAP_VERIFY)
+    for _ in range(10):
+        policy.update("draft", 4, 2)
+        policy.update("ngram", 4, 2)
+    assert policy.choose("ngram") > policy.choose("draft")
+
+
+def test_calibration_is_measured_once_and_cached(stories):
+    model, _ = stories
+    first = cached_calibration("machine|stories", model, model, k_max=4)
+    assert len(first.verify) == 5 and first.draft_step > 0
+    assert all(a <= b for a, b in zip(first.verify, first.verify[1:]))
+    stored = json.loads(calibration_path().read_text())
+    assert stored["machine|stories"]["verify"] == first.verify
+    again = cached_calibration("machine|stories", None, None, k_max=4)  # no model needed now
+    assert again == first
