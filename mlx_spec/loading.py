@@ -1,0 +1,91 @@
+"""Load one model (target or draft) from any reference, in the dtype that is fast here.
+
+On the CPU backend float32 is the BLAS path (docs/platform.md): half-precision weights are cast
+and quantized ones dequantized. On Metal/CUDA the checkpoint's dtype or quantization is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlx_spec.errors import SpecError
+from mlx_spec.resolve import is_model_dir, resolve_model
+
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class LoadedModel:
+    model: object  # mlx.nn.Module
+    tokenizer: object  # mlx_lm.tokenizer_utils.TokenizerWrapper
+    path: Path
+    name: str
+    dtype: str  # of the floating weights after loading; "quantized" if left quantized
+    nbytes: int  # bytes of all weights, what one decode step streams from memory
+
+
+def _weights(model):
+    from mlx.utils import tree_flatten
+
+    return [x for _, x in tree_flatten(model.parameters())]
+
+
+def is_quantized(model) -> bool:
+    import mlx.nn as nn
+
+    return any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+               for _, m in model.named_modules())
+
+
+def cast_model(model, dtype: str):
+    """Dequantize quantized layers, then cast every floating weight to `dtype`."""
+    import mlx.core as mx
+    from mlx.utils import tree_map
+    from mlx_lm.utils import dequantize_model
+
+    if is_quantized(model):
+        model = dequantize_model(model)
+    target = getattr(mx, dtype)
+    model.update(tree_map(
+        lambda x: x.astype(target) if mx.issubdtype(x.dtype, mx.floating) else x,
+        model.parameters()))
+    mx.eval(model.parameters())
+    return model
+
+
+def load_model(ref: str, dtype: str | None = None) -> LoadedModel:
+    """Resolve `ref` (directory, converted name, repo id) and load it with mlx_lm.
+
+    `dtype` None: float32 on the CPU backend, the checkpoint's own dtype elsewhere.
+    """
+    import mlx.core as mx
+    from mlx_lm import load
+
+    from mlx_spec.platform import backend
+
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise SpecError(f"unknown dtype '{dtype}'", f"choose one of {', '.join(FLOAT_DTYPES)}")
+    path = resolve_model(ref)
+    if not is_model_dir(path):
+        raise SpecError(f"{path} is not a model directory (needs config.json and "
+                        "model*.safetensors)", "point at an MLX/Hugging Face model folder, or "
+                        "convert a GGUF file with `mlx-spec convert`")
+    try:
+        model, tokenizer = load(str(path))
+    except Exception as e:  # unsupported model_type, bad safetensors, broken tokenizer files
+        raise SpecError(f"could not load model from {path}: {type(e).__name__}: {e}",
+                        "the files are incomplete or corrupt: delete the folder and fetch the "
+                        "model again (`mlx-spec models pull`)") from e
+    if dtype is None and backend() == "cpu":
+        dtype = "float32"  # quantized and half matmuls are slow on the CPU backend
+    if dtype is not None:
+        model = cast_model(model, dtype)
+    weights = _weights(model)
+    floats = [x.dtype for x in weights if mx.issubdtype(x.dtype, mx.floating)]
+    if is_quantized(model):
+        loaded = "quantized"
+    else:
+        loaded = str(floats[0]).removeprefix("mlx.core.") if floats else "unknown"
+    return LoadedModel(model=model, tokenizer=tokenizer, path=path, name=ref, dtype=loaded,
+                       nbytes=sum(x.nbytes for x in weights))
