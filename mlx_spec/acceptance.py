@@ -40,18 +40,29 @@ def accept_greedy(target_logits: mx.array, drafts: mx.array) -> tuple[mx.array, 
     return n, choices[n]
 
 
-def sample_from_weights(weights: mx.array, u: mx.array) -> mx.array:
-    """Inverse-CDF draw from one row of non-negative float weights with uniform u in [0, 1).
+def integer_weights(weights: mx.array) -> mx.array:
+    """floor(weights * 2^40) as int64 (weights >= 0): the fixed-point form every draw uses."""
+    return (weights.astype(mx.float32) * float(2**WEIGHT_BITS)).astype(mx.int64)
 
-    Exact integer arithmetic: w = floor(weights * 2^40), threshold = floor(total * u24 / 2^24)
-    with u24 = floor(u * 2^24); the token is the first id whose prefix sum exceeds threshold.
+
+def draw_from_integer_weights(w: mx.array, u: mx.array) -> mx.array:
+    """Inverse-CDF draw from one row of int64 weights with uniform u in [0, 1).
+
+    threshold = floor(total * u24 / 2^24) with u24 = floor(u * 2^24), computed exactly; the
+    token is the first id whose prefix sum exceeds threshold. Only an all-zero row (or u = 1)
+    has no such id: the last id is returned so the result is always a valid token.
     """
-    w = (weights.astype(mx.float32) * float(2**WEIGHT_BITS)).astype(mx.int64)
     total = mx.sum(w)
     u24 = (u.astype(mx.float32) * float(2**UNIFORM_BITS)).astype(mx.int64)
     low_mask = 2**UNIFORM_BITS - 1
     threshold = (total >> UNIFORM_BITS) * u24 + (((total & low_mask) * u24) >> UNIFORM_BITS)
-    return mx.sum(mx.cumsum(w) <= threshold).astype(mx.int32)
+    count = mx.sum(mx.cumsum(w) <= threshold)
+    return mx.minimum(count, w.shape[-1] - 1).astype(mx.int32)
+
+
+def sample_from_weights(weights: mx.array, u: mx.array) -> mx.array:
+    """Inverse-CDF draw from one row of non-negative float weights with uniform u in [0, 1)."""
+    return draw_from_integer_weights(integer_weights(weights), u)
 
 
 def accept_sampled(
@@ -63,11 +74,13 @@ def accept_sampled(
     proposal (q is then one-hot on x_i). drafts: (k,). u: (k+1,) uniforms in [0, 1).
     Accept x_i while u_i * q_i(x_i) < p_i(x_i)  (i.e. u_i < min(1, p/q)); with n accepted, the
     extra token is drawn with u_k from max(0, p_n - q_n) renormalised (the residual), or from
-    p_k when n = k. A residual with no mass falls back to p_n.
+    p_k when n = k. A residual with no integer weight falls back to p_n.
     Returns (n, extra) as int32 scalars.
     """
     k, vocab = drafts.shape[0], p.shape[-1]
     drafts = drafts.astype(mx.int32)
+    # float32 uniforms whatever the caller passed: the kernels read them as float32
+    u = u.astype(mx.float32)
     p_x = mx.take_along_axis(p[:k], drafts[:, None], axis=-1)[:, 0]
     if q is None:
         q_x = mx.ones_like(p_x)
@@ -78,9 +91,11 @@ def accept_sampled(
         q_rows = q[:k].astype(p.dtype)
     n = leading_accepts(u[:k] * q_x < p_x)
     q_rows = mx.concatenate([q_rows, mx.zeros((1, vocab), dtype=p.dtype)], axis=0)
-    residual = mx.maximum(p[n] - q_rows[n], 0.0)
-    residual = mx.where(mx.sum(residual) > 0, residual, p[n])
-    return n, sample_from_weights(residual, u[k])
+    # The residual is formed in p's dtype (the kernels round to it the same way).
+    residual = integer_weights(mx.maximum(p[n] - q_rows[n], 0.0))
+    # No integer mass left (q_n >= p_n everywhere, to 2^-40): fall back to p_n.
+    weights = mx.where(mx.sum(residual) > 0, residual, integer_weights(p[n]))
+    return n, draw_from_integer_weights(weights, u[k])
 
 
 def _kernel_for(greedy: bool):
