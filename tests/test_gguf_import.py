@@ -200,3 +200,56 @@ def test_existing_output_directory_is_not_overwritten(models_tiny_gguf, tmp_path
     (tmp_path / "taken").mkdir()
     with pytest.raises(SpecError, match="already exists"):
         convert_gguf(models_tiny_gguf[0], tmp_path / "taken", progress=False)
+
+
+STORIES = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / \
+    "models" / "stories260K"
+
+
+@pytest.mark.skipif(not STORIES.is_dir(), reason="../shared/models/stories260K is absent")
+def test_real_llama_with_sentencepiece_survives_a_gguf_round_trip(tmp_path):
+    """stories260K written as llama.cpp would (permuted q/k, SPM vocab with scores) converts
+    back into the same tokenizer and the same story."""
+    spm = pytest.importorskip("sentencepiece")
+    from mlx_lm import generate
+
+    source, source_tok = load(str(STORIES))
+    sp = spm.SentencePieceProcessor(model_file=str(STORIES / "tokenizer.model"))
+    n = sp.vocab_size()
+    types = [3 if sp.is_control(i) else 2 if sp.is_unknown(i) else 6 if sp.is_byte(i) else 1
+             for i in range(n)]
+    path = tmp_path / "stories.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(5)
+    writer.add_context_length(512)
+    writer.add_embedding_length(64)
+    writer.add_feed_forward_length(172)
+    writer.add_head_count(8)
+    writer.add_head_count_kv(4)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list([sp.id_to_piece(i) for i in range(n)])
+    writer.add_token_scores([sp.get_score(i) for i in range(n)])
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(True)
+    for name, w in tree_flatten(source.parameters()):
+        w = np.array(w)
+        if ".q_proj." in name or ".k_proj." in name:
+            w = permute_qk(w, 8 if ".q_proj." in name else 4)
+        writer.add_tensor(gguf_name(name), w)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    model, tok = load(str(convert_gguf(path, tmp_path / "out", progress=False)))
+    for text in ("Once upon a time", "Lily saw a big dog.\nIt was   happy!", "zebra qu'il ü"):
+        assert tok.encode(text) == source_tok.encode(text), text
+        assert tok.decode(tok.encode(text)) == source_tok.decode(source_tok.encode(text))
+    story = generate(model, tok, "Once upon a time", max_tokens=24)
+    assert story == generate(source, source_tok, "Once upon a time", max_tokens=24)
+    assert story.startswith(", there was a little girl named Lily.")

