@@ -83,8 +83,9 @@ def download(repo_id: str, progress: bool = True) -> Path:
         path = Path(snapshot_download(repo_id, cache_dir=hf_cache_dir(),
                                       allow_patterns=ALLOW_PATTERNS))
     except Exception as e:  # network down, repo gone, gated repo: all one user-level error
-        raise SpecError(f"could not download model '{repo_id}': {type(e).__name__}: {e}",
-                        missing_hint(repo_id)) from e
+        first_line = (str(e).strip().splitlines() or [""])[0][:200]
+        raise SpecError(f"could not download model '{repo_id}': {type(e).__name__}: "
+                        f"{first_line}", missing_hint(repo_id)) from e
     finally:
         if not progress:
             enable_progress_bars()

@@ -100,17 +100,19 @@ def test_offline_missing_model_is_one_clear_error(models_isolated):
 
 def test_no_network_download_failure_is_a_spec_error(models_isolated, monkeypatch):
     import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
 
     def unreachable(*a, local_files_only=False, **k):
         if local_files_only:
-            raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+            raise LocalEntryNotFoundError("not cached")
         raise ConnectionError("network unreachable")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
     with pytest.raises(SpecError, match="could not download model 'org/absent'") as info:
         resolve_model("org/absent", progress=False)
+    assert "\n" not in info.value.message
     assert "mlx-spec models pull" in info.value.hint
 
 
