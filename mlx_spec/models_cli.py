@@ -16,19 +16,12 @@ from rich.table import Table
 
 from mlx_spec.errors import SpecError
 from mlx_spec.registry import load_registry
-from mlx_spec.resolve import find_local, resolve_model
+from mlx_spec.resolve import find_local, present_path, resolve_model
 
 console = Console()
 models_app = typer.Typer(
     help="List, download, inspect and convert models.\n\nExample: mlx-spec models list",
     no_args_is_help=True)
-
-
-def _present(ref: str) -> bool:
-    try:
-        return find_local(ref) is not None
-    except SpecError:
-        return False
 
 
 @models_app.command("list")
@@ -42,7 +35,7 @@ def list_command():
     for col in ("name", "target", "draft", "memory", "good for", "k", "local"):
         table.add_column(col, overflow="fold")
     for name, p in reg.pairs.items():
-        here = [role for role, ref in (("target", p.target), ("draft", p.draft)) if _present(ref)]
+        here = [role for role, ref in (("target", p.target), ("draft", p.draft)) if present_path(ref)]
         local = "yes" if len(here) == 2 else (here[0] + " only" if here else "no")
         label = f"{name} (default)" if name == reg.default else name
         table.add_row(label, p.target, p.draft, f"{p.memory_gb:g} GB", ", ".join(p.good_for),

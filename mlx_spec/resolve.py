@@ -109,6 +109,14 @@ def find_local(ref: str) -> Path | None:
     return find_in_hf_cache(ref) if looks_like_repo_id(ref) else None
 
 
+def present_path(ref: str) -> Path | None:
+    """Where `ref` is on this machine, or None; for listings, which must not fail on odd refs."""
+    try:
+        return find_local(ref)
+    except SpecError:
+        return None
+
+
 def resolve_model(ref: str, progress: bool = True) -> Path:
     """The local directory of model `ref`, downloading it only as the last resort."""
     if not ref or not ref.strip():
