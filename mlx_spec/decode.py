@@ -63,10 +63,11 @@ class Engine:
         self.context: list[int] = []  # committed tokens; the cache holds all but the last
 
     def reset(self) -> None:
-        """Forget the conversation. (Proposers need nothing: their next prefill keeps only
-        the prefix their caches share with the new prompt.)"""
+        """Forget the conversation: the next prompt is prefilled from scratch."""
         self.context = []
         rollback(self.cache, 0)
+        for proposer in self.proposers:
+            proposer.reset()
 
     def prefill(self, prompt: list[int]) -> int:
         """Bring the caches to `prompt`, reusing the longest prefix they already hold.

@@ -40,6 +40,9 @@ class Proposer(Protocol):
     def prefill(self, context: list[int]) -> None:
         """Get ready to propose after `context` (called before rounds start; may sync)."""
 
+    def reset(self) -> None:
+        """Forget everything (the next prefill starts from scratch)."""
+
     def propose(
         self, context: list[int], k: int, sampling: SamplingParams, rng: np.random.Generator
     ) -> Proposal | None:
@@ -96,6 +99,10 @@ class DraftModelProposer:
         rollback(self.cache, keep)
         forward_chunked(self.model, self.cache, context[keep:-1])
         self.seen = list(context[:-1])
+
+    def reset(self) -> None:
+        self.seen, self._inflight = [], None
+        rollback(self.cache, 0)
 
     def _distribution(self, logits: mx.array, history: mx.array, sampling: SamplingParams):
         """Draft row -> (logits over the shared vocabulary, q padded to the target's size)."""
@@ -163,6 +170,9 @@ class NgramProposer:
     def prefill(self, context: list[int]) -> None:
         if common_prefix(self.indexed, context) < len(self.indexed):
             self.indexed, self.index = [], {}
+
+    def reset(self) -> None:
+        self.indexed, self.index = [], {}
 
     def _extend(self, context: list[int]) -> None:
         # Key: an n-gram; value: where its continuation starts. Only n-grams with at least one
