@@ -104,3 +104,38 @@ class _ByteDetokenizer:
 
     def finalize(self):
         self.last_segment = ""
+
+
+CLI_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def cli_chat_model(stories_path, tmp_path_factory) -> Path:
+    """A copy of stories260K whose tokenizer has a simple chat template."""
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("cli") / "stories-chat"
+    shutil.copytree(stories_path, out)
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    config["chat_template"] = CLI_CHAT_TEMPLATE
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.fixture(scope="session")
+def cli_mismatched_model(stories_path, tmp_path_factory) -> Path:
+    """A copy of stories260K whose tokenizer swaps two ids: a draft that must be refused."""
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("cli") / "stories-swapped"
+    shutil.copytree(stories_path, out)
+    tj = json.loads((out / "tokenizer.json").read_text())
+    vocab = tj["model"]["vocab"]
+    vocab["▁the"], vocab["▁a"] = vocab["▁a"], vocab["▁the"]
+    (out / "tokenizer.json").write_text(json.dumps(tj))
+    return out

@@ -1,0 +1,92 @@
+"""`mlx-spec doctor`: the report's fields, its rendering, and which models it finds locally."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from typer.testing import CliRunner
+
+from mlx_spec.cli import app
+from mlx_spec.doctor import collect
+
+PAIR_TOML = """
+default = "tiny"
+[pairs."tiny"]
+target = "test-org/tiny-target"
+draft = "test-org/tiny-draft"
+memory_gb = 1
+good_for = ["chat"]
+k = 4
+description = "stories260K as both models"
+[pairs."absent"]
+target = "test-org/absent-target"
+draft = "test-org/tiny-draft"
+memory_gb = 1
+good_for = ["chat"]
+k = 4
+description = "target never downloaded"
+"""
+
+
+def run(*args):
+    return CliRunner().invoke(app, ["doctor", *args])
+
+
+def test_report_has_backend_machine_versions_and_paths():
+    report = collect()
+    assert report["backend"] in {"metal", "cuda", "cpu", "gpu"}
+    machine = report["machine"]
+    for key in ("chip", "cpu_cores", "memory_gb", "gpu_cores", "bandwidth_gbs", "os", "arch"):
+        assert key in machine
+    assert report["versions"]["mlx"] and "mlx-lm" in report["versions"]
+    assert "models home ($MLX_SPEC_HOME)" in report["paths"]
+    if sys.platform == "linux":
+        assert report["blas"]
+
+
+def test_models_home_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLX_SPEC_HOME", str(tmp_path / "home"))
+    assert collect()["paths"]["models home ($MLX_SPEC_HOME)"] == str(tmp_path / "home")
+
+
+def test_doctor_prints_every_section():
+    result = run()
+    assert result.exit_code == 0, result.output
+    for field in ("backend", "memory", "mlx", "mlx-lm", "models home", "calibration",
+                  "hugging face cache", "models.toml", "qwen2.5-7b (default)"):
+        assert field in result.stdout
+    if sys.platform == "linux":
+        assert "BLAS" in result.stdout and "CPU" in result.stdout
+    assert "Traceback" not in result.output
+
+
+def test_doctor_json_is_the_collected_report():
+    result = run("--json")
+    data = json.loads(result.stdout)
+    assert {"backend", "machine", "versions", "paths", "models", "problems"} <= set(data)
+
+
+def test_local_pairs_and_converted_models_are_listed(stories_path, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    for name in ("test-org--tiny-target", "test-org--tiny-draft", "my-converted"):
+        (home / "models").mkdir(parents=True, exist_ok=True)
+        (home / "models" / name).symlink_to(stories_path)
+    toml = tmp_path / "models.toml"
+    toml.write_text(PAIR_TOML)
+    monkeypatch.setenv("MLX_SPEC_HOME", str(home))
+    monkeypatch.setenv("MLX_SPEC_MODELS", str(toml))
+    models = {row.get("pair") or row.get("model"): row for row in collect()["models"]}
+    assert models["tiny"]["target_path"] and models["tiny"]["draft_path"]
+    assert models["absent"]["target_path"] is None and models["absent"]["draft_path"]
+    assert "my-converted" in models
+    out = run().stdout
+    assert "tiny (default)" in out and "present" in out and "draft only" in out
+
+
+def test_a_broken_models_toml_is_a_problem_not_a_crash(tmp_path, monkeypatch):
+    toml = tmp_path / "models.toml"
+    toml.write_text("default = [")
+    monkeypatch.setenv("MLX_SPEC_MODELS", str(toml))
+    result = run()
+    assert result.exit_code == 0 and "not valid TOML" in result.stdout
