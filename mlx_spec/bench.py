@@ -1,0 +1,238 @@
+"""Benchmark runner: arms measured interleaved in one process, ratios against plain decoding.
+
+Protocol (docs/benchmarking.md): warm up every arm, then for each prompt and repeat run the
+arms one after another (A B C ..., A B C ...) with the same token budget and seed, and report
+medians of per-pair ratios. Greedy outputs must be identical across arms; a mismatch is
+recorded and makes the run fail.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+
+from mlx_spec.errors import SpecError
+from mlx_spec.pair import Pair
+from mlx_spec.platform import machine
+
+SCHEMA = "mlx-spec-bench/1"
+CATEGORIES = ("code", "math", "open", "edit")
+PROMPTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "prompts"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration under test. kind: "plain" (our loop, no proposer; the baseline),
+    "spec" (mlx-spec), "mlx-lm" (mlx_lm.stream_generate, with its draft when k > 0)."""
+
+    name: str
+    kind: str
+    k: int | None = None  # spec: None adapts; mlx-lm: num_draft_tokens (0: no draft)
+    ngram: bool = False
+
+
+def default_arms(k_fixed: int = 3, mlx_lm_ks: tuple[int, ...] = (3, 5)) -> list[Arm]:
+    arms = [
+        Arm("plain", "plain"),
+        Arm("mlx-spec adaptive", "spec", None, ngram=True),
+        Arm(f"mlx-spec k={k_fixed}", "spec", k_fixed),
+    ]
+    arms += [Arm(f"mlx-lm k={k}", "mlx-lm", k) for k in mlx_lm_ks]
+    return arms
+
+
+@dataclass
+class Run:
+    tokens: list[int]
+    seconds: float
+    stats: dict | None = None
+
+    @property
+    def tps(self) -> float:
+        return len(self.tokens) / self.seconds if self.seconds > 0 else 0.0
+
+
+def load_prompts(categories=CATEGORIES, per_category: int | None = None, root: Path = PROMPTS_DIR):
+    """{category: [{"id", "prompt"}, ...]} from benchmarks/prompts/<category>.json."""
+    prompts = {}
+    for category in categories:
+        path = Path(root) / f"{category}.json"
+        try:
+            items = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise SpecError(f"cannot read prompt set {path}: {e}", f"categories are {', '.join(CATEGORIES)}")
+        prompts[category] = items[:per_category] if per_category else items
+    return prompts
+
+
+class Bench:
+    """Holds the loaded pair and one engine per mlx-spec arm; runs one arm on one prompt."""
+
+    def __init__(self, target, draft, arms: list[Arm], max_tokens: int = 128, chat: bool = True):
+        self.target, self.draft, self.arms = target, draft, arms
+        self.max_tokens, self.chat = max_tokens, chat
+        self.pairs: dict[str, Pair] = {}
+        for arm in arms:
+            if arm.kind in ("plain", "spec"):
+                self.pairs[arm.name] = Pair(
+                    target.model, target.tokenizer,
+                    draft=draft.model if arm.kind == "spec" and draft else None,
+                    ngram=arm.ngram, k=arm.k, target_name=target.name,
+                    draft_name=draft.name if draft else None,
+                    target_bytes=target.nbytes, draft_bytes=draft.nbytes if draft else 0,
+                )
+        any_pair = next(iter(self.pairs.values()), None) or Pair(target.model, target.tokenizer)
+        self.encode = any_pair.encode
+
+    def run(self, arm: Arm, ids: list[int], temperature: float, seed: int) -> Run:
+        if arm.kind == "mlx-lm":
+            return self._run_mlx_lm(arm, ids, temperature, seed)
+        pair = self.pairs[arm.name]
+        pair.reset()  # every run prefills from scratch, like the mlx-lm arms
+        tic = time.perf_counter()
+        result = pair.generate(ids, max_tokens=self.max_tokens, temperature=temperature, seed=seed)
+        seconds = time.perf_counter() - tic
+        return Run(result.tokens, seconds, result.stats.to_dict())
+
+    def _run_mlx_lm(self, arm: Arm, ids, temperature, seed) -> Run:
+        from mlx_lm import stream_generate
+        from mlx_lm.sample_utils import make_sampler
+
+        mx.random.seed(seed)
+        kwargs = {"sampler": make_sampler(temp=temperature)}
+        if arm.k:
+            kwargs.update(draft_model=self.draft.model, num_draft_tokens=arm.k)
+        tic = time.perf_counter()
+        tokens, drafted = [], 0
+        for response in stream_generate(self.target.model, self.target.tokenizer, ids,
+                                        max_tokens=self.max_tokens, **kwargs):
+            tokens.append(int(response.token))
+            drafted += bool(response.from_draft)
+        seconds = time.perf_counter() - tic
+        # every mlx-lm round emits exactly one token that is not an accepted draft token
+        rounds = max(len(tokens) - drafted, 1)
+        stats = {"accepted": drafted, "rounds": rounds, "tau": len(tokens) / rounds}
+        if arm.k:
+            stats.update(acceptance_rate=drafted / (rounds * arm.k), mean_k=arm.k)
+        return Run(tokens, seconds, stats)
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def run_suite(bench: Bench, prompts: dict, temperatures=(0.0, 0.7), repeats: int = 1,
+              on_progress: Callable[[str], None] | None = None) -> dict:
+    """Run every arm on every prompt, interleaved; return the result document."""
+    records, mismatches = [], []
+    total = sum(len(v) for v in prompts.values()) * len(temperatures) * repeats * len(bench.arms)
+    done = 0
+    first_ids = bench.encode(next(iter(prompts.values()))[0]["prompt"], chat=bench.chat)
+    for arm in bench.arms:  # warm-up: compile, allocate, calibrate
+        bench.run(arm, first_ids[: max(8, len(first_ids))], 0.0, 0)
+    for temperature in temperatures:
+        for category, items in prompts.items():
+            for item in items:
+                ids = bench.encode(item["prompt"], chat=bench.chat)
+                for repeat in range(repeats):
+                    seed = 1000 * repeat + 7
+                    runs = {}
+                    for arm in bench.arms:
+                        runs[arm.name] = run = bench.run(arm, ids, temperature, seed)
+                        done += 1
+                        if on_progress:
+                            on_progress(f"[{done}/{total}] T={temperature} {category}/{item['id']} {arm.name}: {run.tps:.2f} tok/s")
+                    base = runs[bench.arms[0].name]
+                    for arm in bench.arms:
+                        run = runs[arm.name]
+                        identical = run.tokens == base.tokens
+                        if temperature == 0 and not identical:
+                            mismatches.append(f"{category}/{item['id']} {arm.name}")
+                        records.append({
+                            "temperature": temperature, "category": category, "prompt": item["id"],
+                            "repeat": repeat, "arm": arm.name, "kind": arm.kind, "k": arm.k,
+                            "tokens": len(run.tokens), "seconds": run.seconds, "tps": run.tps,
+                            "speedup": run.tps / base.tps if base.tps else None,
+                            "identical": identical, "stats": run.stats,
+                        })
+    return {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "models": {role: _model_info(m) for role, m in (("target", bench.target), ("draft", bench.draft)) if m},
+        "settings": {
+            "max_tokens": bench.max_tokens, "chat_template": bench.chat, "repeats": repeats,
+            "temperatures": list(temperatures), "arms": [vars(a) for a in bench.arms],
+            "baseline": bench.arms[0].name,
+        },
+        "runs": records,
+        "greedy_mismatches": mismatches,
+        "summary": summarize(records, [a.name for a in bench.arms]),
+    }
+
+
+def _model_info(loaded) -> dict:
+    return {"name": loaded.name, "path": str(loaded.path), "dtype": loaded.dtype, "bytes": loaded.nbytes}
+
+
+def summarize(records: list[dict], arm_names: list[str]) -> dict:
+    """{temperature: {category: {arm: medians}}}: per-prompt medians first, then over prompts."""
+    summary: dict = {}
+    keys = sorted({(r["temperature"], r["category"]) for r in records})
+    for temperature, category in keys:
+        rows = [r for r in records if r["temperature"] == temperature and r["category"] == category]
+        per_arm = {}
+        for arm in arm_names:
+            mine = [r for r in rows if r["arm"] == arm]
+            by_prompt: dict[str, list] = {}
+            for r in mine:
+                by_prompt.setdefault(r["prompt"], []).append(r)
+            speedups = [_median([r["speedup"] for r in rs]) for rs in by_prompt.values()]
+            stats = [r["stats"] for r in mine if r["stats"] and "tau" in r["stats"]]
+            per_arm[arm] = {
+                "tps": _median([r["tps"] for r in mine]),
+                "speedup": _median(speedups),
+                "min_speedup": min(speedups) if speedups else None,
+                "tau": _median([s["tau"] for s in stats]),
+                "acceptance_rate": _median([s.get("acceptance_rate") for s in stats]),
+                "mean_k": _median([s.get("mean_k") for s in stats]),
+                "time_split": {
+                    part: _median([s["time_split"][part] for s in stats if "time_split" in s])
+                    for part in ("draft", "verify", "other")
+                } if any("time_split" in s for s in stats) else None,
+                "peak_memory_gb": max((s["peak_memory_gb"] for s in stats if "peak_memory_gb" in s), default=None),
+            }
+        mlx_lm = {a: v for a, v in per_arm.items() if a.startswith("mlx-lm k=")}
+        best = max(mlx_lm.values(), key=lambda v: v["speedup"] or 0, default=None)
+        for arm, v in per_arm.items():
+            v["vs_mlx_lm_best"] = v["speedup"] / best["speedup"] if best and best["speedup"] and v["speedup"] else None
+            same_k = per_arm.get(f"mlx-lm k={arm.split('k=')[-1]}") if "mlx-spec k=" in arm else None
+            v["vs_mlx_lm_same_k"] = v["speedup"] / same_k["speedup"] if same_k and same_k["speedup"] else None
+        summary.setdefault(str(temperature), {})[category] = per_arm
+    return summary
+
+
+def write_result(result: dict, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    return path
+
+
+def read_result(path: Path) -> dict:
+    try:
+        result = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SpecError(f"cannot read benchmark result {path}: {e}", "pass files written by `mlx-spec bench`")
+    if result.get("schema") != SCHEMA:
+        raise SpecError(f"{path} is not an mlx-spec benchmark result (schema {result.get('schema')!r})",
+                        f"expected schema {SCHEMA}")
+    return result

@@ -1,0 +1,111 @@
+"""`mlx-spec bench` and `mlx-spec bench compare`: the command-line face of bench.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from mlx_spec.errors import SpecError
+
+bench_app = typer.Typer(
+    invoke_without_command=True,
+    no_args_is_help=False,
+    help="Benchmark a pair: plain decoding vs mlx-spec vs mlx-lm's speculative decoding, "
+    "interleaved in one run.\n\nExamples:\n\n  mlx-spec bench --pair qwen2.5-coder-1.5b --prompts-per-category 2\n\n"
+    "  mlx-spec bench compare m3pro.json m4.json --out compare.md --plot compare.png",
+)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SpecError(f"bad list of numbers {text!r}", "write them comma-separated, e.g. 0,0.7")
+
+
+@bench_app.callback()
+def run(
+    ctx: typer.Context,
+    pair: Optional[str] = typer.Option(None, help="Pair name from models.toml (default: the default pair)."),
+    target: Optional[str] = typer.Option(None, help="Target model reference (instead of --pair)."),
+    draft: Optional[str] = typer.Option(None, help="Draft model reference (with --target)."),
+    categories: str = typer.Option("code,math,open,edit", help="Prompt categories to run."),
+    prompts_per_category: Optional[int] = typer.Option(None, min=1, help="Use the first N prompts of each category."),
+    prompts_dir: Optional[Path] = typer.Option(None, help="Folder of <category>.json prompt sets."),
+    max_tokens: int = typer.Option(128, min=1, help="New tokens per run (same for every arm)."),
+    temps: str = typer.Option("0,0.7", help="Temperatures, comma-separated."),
+    repeats: int = typer.Option(1, min=1, help="Interleaved repeats per prompt."),
+    k: int = typer.Option(3, min=1, help="k of the fixed-k mlx-spec arm."),
+    mlx_lm_k: str = typer.Option("3,5", help="num_draft_tokens values for the mlx-lm arms."),
+    raw: bool = typer.Option(False, "--raw", help="Send prompts without the chat template."),
+    out: Optional[Path] = typer.Option(None, help="Result JSON (default benchmarks/results/bench-<time>.json)."),
+    plot: Optional[Path] = typer.Option(None, help="Also write a PNG of speed-ups per category."),
+):
+    """Run the benchmark suite and write a result file stamped with this machine."""
+    if ctx.invoked_subcommand:
+        return
+    from datetime import datetime
+
+    from rich.console import Console
+
+    from mlx_spec.bench import CATEGORIES, PROMPTS_DIR, Bench, default_arms, load_prompts, run_suite, write_result
+    from mlx_spec.bench_report import plot_result, print_summary
+    from mlx_spec.loading import load_model
+    from mlx_spec.registry import load_registry
+
+    console = Console(stderr=True)
+    cats = [c.strip() for c in categories.split(",") if c.strip()]
+    unknown = [c for c in cats if c not in CATEGORIES]
+    if unknown:
+        raise SpecError(f"unknown categories: {', '.join(unknown)}", f"choose from {', '.join(CATEGORIES)}")
+    if target is None:
+        spec = load_registry().get(pair)
+        target, draft = spec.target, draft or spec.draft
+    if not draft:
+        raise SpecError("bench needs a draft model", "give --draft REF or a --pair")
+    prompts = load_prompts(cats, prompts_per_category, prompts_dir or PROMPTS_DIR)
+    mlx_ks = tuple(int(x) for x in _floats(mlx_lm_k))
+    with console.status("loading models…"):
+        loaded_target, loaded_draft = load_model(target), load_model(draft)
+    bench = Bench(loaded_target, loaded_draft, default_arms(k, mlx_ks), max_tokens=max_tokens, chat=not raw)
+    with console.status("warming up and measuring…") as status:
+        result = run_suite(bench, prompts, _floats(temps), repeats, on_progress=lambda m: status.update(m))
+    out = out or PROMPTS_DIR.parent / "results" / f"bench-{datetime.now():%Y%m%d-%H%M%S}.json"
+    write_result(result, out)
+    print_summary(result, Console())
+    console.print(f"result written to {out}")
+    if plot:
+        console.print(f"plot written to {plot_result(result, plot)}")
+    if result["greedy_mismatches"]:
+        raise SpecError(
+            f"greedy outputs differed from plain decoding in {len(result['greedy_mismatches'])} run(s)",
+            "a speed-up with different output is a bug: see greedy_mismatches in the result file",
+        )
+
+
+@bench_app.command()
+def compare(
+    results: List[Path] = typer.Argument(..., help="Result files written by `mlx-spec bench`."),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated names, one per file (default: chip names)."),
+    out: Optional[Path] = typer.Option(None, help="Write the markdown table here."),
+    plot: Optional[Path] = typer.Option(None, help="Write a PNG comparing speed-ups."),
+):
+    """Put several results side by side (e.g. an M3 Pro against an M4).
+
+    Example: mlx-spec bench compare m3pro.json m4.json --labels "M3 Pro,M4" --plot cmp.png
+    """
+    from mlx_spec.bench import read_result
+    from mlx_spec.bench_report import compare_markdown, plot_compare
+
+    loaded = [read_result(p) for p in results]
+    names = [s.strip() for s in labels.split(",")] if labels else [r["machine"].get("chip", p.stem) for r, p in zip(loaded, results)]
+    if len(names) != len(loaded):
+        raise SpecError(f"{len(names)} labels for {len(loaded)} files", "give one label per result file")
+    table = compare_markdown(loaded, names)
+    typer.echo(table)
+    if out:
+        Path(out).write_text(table)
+    if plot:
+        plot_compare(loaded, names, plot)

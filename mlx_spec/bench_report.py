@@ -1,0 +1,181 @@
+"""Turning benchmark results into what people compare: tables (terminal and markdown) and
+plots, for one result or several side by side (an M3 Pro against an M4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _split(v) -> str:
+    s = v.get("time_split")
+    if not s:
+        return "—"
+    return "/".join(f"{100 * (s[p] or 0):.0f}" for p in ("draft", "verify", "other"))
+
+
+SUMMARY_COLUMNS = ["temp", "category", "arm", "tok/s", "speed-up", "vs mlx-lm best", "vs mlx-lm same k",
+                   "τ", "accept", "k", "draft/verify/other %", "peak GB"]
+
+
+def summary_rows(result: dict) -> list[list[str]]:
+    rows = []
+    for temperature, categories in result["summary"].items():
+        for category, arms in categories.items():
+            for arm, v in arms.items():
+                rows.append([
+                    temperature, category, arm, _fmt(v["tps"]), _fmt(v["speedup"], ".2f", "×"),
+                    _fmt(v["vs_mlx_lm_best"], ".2f", "×"), _fmt(v["vs_mlx_lm_same_k"], ".2f", "×"),
+                    _fmt(v["tau"]), _fmt(v["acceptance_rate"], ".0%"), _fmt(v["mean_k"], ".1f"),
+                    _split(v), _fmt(v["peak_memory_gb"], ".1f"),
+                ])
+    return rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def machine_line(result: dict) -> str:
+    m = result["machine"]
+    bw = f", {m['bandwidth_gbs']:.0f} GB/s" if m.get("bandwidth_gbs") else ""
+    return f"{m.get('chip')} ({m.get('backend')}{bw}), mlx {m.get('mlx_version')}, mlx-lm {m.get('mlx_lm_version')}"
+
+
+def summary_markdown(result: dict) -> str:
+    models = result["models"]
+    head = [
+        f"Machine: {machine_line(result)}",
+        f"Target: {models['target']['name']} ({models['target']['dtype']}); "
+        f"draft: {models.get('draft', {}).get('name', '—')}",
+        f"Settings: {result['settings']['max_tokens']} new tokens, baseline `{result['settings']['baseline']}`, "
+        f"{result['settings']['repeats']} repeat(s); speed-up = median over prompts of per-pair ratios.",
+    ]
+    if result.get("greedy_mismatches"):
+        head.append(f"**Greedy outputs differed:** {', '.join(result['greedy_mismatches'])}")
+    return "\n".join(head) + "\n\n" + markdown_table(SUMMARY_COLUMNS, summary_rows(result)) + "\n"
+
+
+def print_summary(result: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"mlx-spec bench — {machine_line(result)}")
+    for column in SUMMARY_COLUMNS:
+        table.add_column(column, justify="left" if column in ("temp", "category", "arm") else "right")
+    for row in summary_rows(result):
+        table.add_row(*row)
+    console.print(table)
+    if result.get("greedy_mismatches"):
+        console.print(f"[red]greedy outputs differed from plain decoding: {result['greedy_mismatches']}[/red]")
+
+
+def plot_result(result: dict, path: Path) -> Path:
+    """Speed-up per category per arm (one panel per temperature), τ written on the bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    temps = list(result["summary"])
+    fig, axes = plt.subplots(1, len(temps), figsize=(6.5 * len(temps), 4.2), squeeze=False)
+    for ax, temperature in zip(axes[0], temps):
+        categories = result["summary"][temperature]
+        arms = [a for a in next(iter(categories.values())) if a != result["settings"]["baseline"]]
+        width = 0.8 / max(len(arms), 1)
+        for i, arm in enumerate(arms):
+            xs = [j + i * width for j in range(len(categories))]
+            ys = [categories[c][arm]["speedup"] or 0 for c in categories]
+            bars = ax.bar(xs, ys, width, label=arm)
+            for bar, c in zip(bars, categories):
+                tau = categories[c][arm]["tau"]
+                if tau:
+                    ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"τ{tau:.1f}",
+                            ha="center", va="bottom", fontsize=6)
+        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xticks([j + width * (len(arms) - 1) / 2 for j in range(len(categories))])
+        ax.set_xticklabels(list(categories))
+        ax.set_ylabel("speed-up over plain decoding")
+        ax.set_title(f"temperature {temperature}")
+        ax.legend(fontsize=7)
+    fig.suptitle(machine_line(result), fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+COMPARE_COLUMNS = ["temp", "category", "arm"]
+
+
+def compare_rows(results: list[dict], labels: list[str]) -> tuple[list[str], list[list[str]]]:
+    """One row per (temperature, category, arm); per result: tok/s, speed-up, τ, tok/s per
+    GB/s of bandwidth (so chips of different bandwidth compare fairly)."""
+    header = list(COMPARE_COLUMNS)
+    for label in labels:
+        header += [f"{label} tok/s", f"{label} speed-up", f"{label} τ", f"{label} tok/s per 100 GB/s"]
+    keys = []
+    for result in results:
+        for t, cats in result["summary"].items():
+            for c, arms in cats.items():
+                for a in arms:
+                    if (t, c, a) not in keys:
+                        keys.append((t, c, a))
+    rows = []
+    for t, c, a in keys:
+        row = [t, c, a]
+        for result in results:
+            v = result["summary"].get(t, {}).get(c, {}).get(a)
+            bw = result["machine"].get("bandwidth_gbs")
+            if v is None:
+                row += ["—"] * 4
+                continue
+            per_bw = v["tps"] / bw * 100 if bw and v["tps"] else None
+            row += [_fmt(v["tps"]), _fmt(v["speedup"], ".2f", "×"), _fmt(v["tau"]), _fmt(per_bw)]
+        rows.append(row)
+    return header, rows
+
+
+def compare_markdown(results: list[dict], labels: list[str]) -> str:
+    machines = "\n".join(f"- **{label}**: {machine_line(r)}" for label, r in zip(labels, results))
+    header, rows = compare_rows(results, labels)
+    return machines + "\n\n" + markdown_table(header, rows) + "\n"
+
+
+def plot_compare(results: list[dict], labels: list[str], path: Path) -> Path:
+    """Speed-up per category, one bar per machine, for each mlx-spec arm at temperature 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    temperature = next(iter(results[0]["summary"]))
+    categories = list(results[0]["summary"][temperature])
+    arms = [a for a in results[0]["summary"][temperature][categories[0]] if a.startswith("mlx-spec")]
+    fig, axes = plt.subplots(1, max(len(arms), 1), figsize=(6 * max(len(arms), 1), 4), squeeze=False)
+    width = 0.8 / len(results)
+    for ax, arm in zip(axes[0], arms):
+        for i, (label, result) in enumerate(zip(labels, results)):
+            cats = result["summary"].get(temperature, {})
+            ys = [(cats.get(c, {}).get(arm) or {}).get("speedup") or 0 for c in categories]
+            ax.bar([j + i * width for j in range(len(categories))], ys, width, label=label)
+        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(categories))])
+        ax.set_xticklabels(categories)
+        ax.set_title(f"{arm}, temperature {temperature}")
+        ax.set_ylabel("speed-up over plain decoding")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
