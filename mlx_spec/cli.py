@@ -1,4 +1,4 @@
-"""The `mlx-spec` command: chat, generate, models, convert, doctor.
+"""The `mlx-spec` command: chat, generate, models, convert, bench, doctor.
 
 A thin front end: every token comes from Pair.stream; this module parses options, loads the
 pair, prints, and turns user errors (SpecError) into one line plus a hint with exit code 1.
@@ -371,12 +371,14 @@ def doctor(json_out: Annotated[bool, typer.Option("--json", help="Print the repo
         render(report, Console(highlight=False))
 
 
-def _mount_models() -> None:
-    """The model-management commands live in models_cli.py; they are mounted here."""
+def _mount_subcommands() -> None:
+    """Model management (models_cli.py) and benchmarks (bench_cli.py) are mounted here."""
+    from mlx_spec.bench_cli import bench_app
     from mlx_spec.models_cli import convert_command, models_app
 
     app.add_typer(models_app, name="models")
     app.command("convert")(convert_command)
+    app.add_typer(bench_app, name="bench")
 
 
-_mount_models()
+_mount_subcommands()

@@ -1,0 +1,99 @@
+"""The benchmark: arms interleaved, greedy outputs checked identical, result file schema,
+summary ratios, and compare."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mlx_spec.bench import SCHEMA, Arm, Bench, default_arms, read_result, run_suite, summarize, write_result
+from mlx_spec.bench_report import compare_markdown, plot_result, summary_markdown
+from mlx_spec.cli import app
+from mlx_spec.errors import SpecError
+
+PROMPTS = {"code": [{"id": "a", "prompt": "Once upon a time"}], "edit": [{"id": "b", "prompt": "Tom and Lily"}]}
+
+
+@pytest.fixture(scope="module")
+def result(stories_path):
+    from mlx_spec.loading import load_model
+
+    loaded = load_model(str(stories_path))
+    bench = Bench(loaded, loaded, default_arms(k_fixed=3, mlx_lm_ks=(3,)), max_tokens=12, chat=False)
+    return run_suite(bench, PROMPTS, temperatures=(0.0, 0.7))
+
+
+def test_result_is_stamped_and_complete(result):
+    assert result["schema"] == SCHEMA
+    assert result["machine"]["backend"] == "cpu" and result["machine"]["chip"]
+    assert result["models"]["target"]["dtype"] == "float32"
+    arms = {a["name"] for a in result["settings"]["arms"]}
+    assert arms == {"plain", "mlx-spec adaptive", "mlx-spec k=3", "mlx-lm k=3"}
+    # every arm ran every prompt at every temperature, with the same token budget
+    assert len(result["runs"]) == 4 * 2 * 2
+    assert all(r["tokens"] == 12 for r in result["runs"])
+
+
+def test_greedy_outputs_are_identical_across_arms(result):
+    greedy = [r for r in result["runs"] if r["temperature"] == 0.0]
+    assert all(r["identical"] for r in greedy)
+    assert result["greedy_mismatches"] == []
+
+
+def test_summary_reports_ratios_and_tau(result):
+    code = result["summary"]["0.0"]["code"]
+    assert code["plain"]["speedup"] == 1.0
+    assert code["mlx-spec k=3"]["tau"] == 4.0  # the model drafts for itself: all accepted
+    assert code["mlx-spec k=3"]["vs_mlx_lm_same_k"] == pytest.approx(
+        code["mlx-spec k=3"]["speedup"] / code["mlx-lm k=3"]["speedup"]
+    )
+    assert code["mlx-lm k=3"]["tau"] == 4.0
+
+
+def test_summary_takes_median_of_per_prompt_ratios():
+    runs = [
+        {"temperature": 0, "category": "c", "prompt": p, "arm": "x", "tps": t, "speedup": s, "stats": None}
+        for p, t, s in [("a", 1, 1.0), ("a", 3, 3.0), ("b", 5, 5.0), ("c", 7, 0.5)]
+    ]
+    v = summarize(runs, ["x"])["0"]["c"]["x"]
+    assert v["speedup"] == 2.0  # prompts a (median 2.0), b (5.0), c (0.5) -> 2.0
+    assert v["min_speedup"] == 0.5
+
+
+def test_result_files_round_trip_and_compare(result, tmp_path):
+    a = write_result(result, tmp_path / "a.json")
+    loaded = read_result(a)
+    table = compare_markdown([loaded, loaded], ["M3 Pro", "M4"])
+    assert "M3 Pro tok/s" in table and "M4 speed-up" in table
+    assert "| 0.0 | code | mlx-spec k=3 |" in table
+    assert "Machine:" in summary_markdown(loaded)
+    png = plot_result(loaded, tmp_path / "plot.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_foreign_json_is_refused(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(SpecError, match="not an mlx-spec benchmark result"):
+        read_result(path)
+
+
+def test_bench_cli_runs_and_compare_prints_a_table(stories_path, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "r.json"
+    args = ["bench", "--target", str(stories_path), "--draft", str(stories_path), "--categories", "code",
+            "--prompts-per-category", "1", "--max-tokens", "8", "--raw", "--temps", "0",
+            "--mlx-lm-k", "2", "--out", str(out), "--plot", str(tmp_path / "p.png")]
+    run = runner.invoke(app, args)
+    assert run.exit_code == 0, run.output
+    assert read_result(out)["settings"]["max_tokens"] == 8
+    compared = runner.invoke(app, ["bench", "compare", str(out), str(out), "--labels", "A,B"])
+    assert compared.exit_code == 0 and "A tok/s" in compared.output
+
+
+def test_bench_cli_rejects_unknown_category():
+    run = CliRunner().invoke(app, ["bench", "--categories", "poetry", "--target", "x", "--draft", "y"])
+    assert run.exit_code == 1
+    assert "unknown categories: poetry" in run.output
