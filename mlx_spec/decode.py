@@ -90,8 +90,12 @@ class Engine:
         return len(prompt) - keep
 
     def _propose(self, sampling, rng, k_limit: int) -> Proposal | None:
-        for proposer in self.proposers:
-            k = min(self.policy.choose(proposer.name), k_limit)
+        # The source with the best expected rate goes first; a free one (n-gram) that finds
+        # nothing costs nothing and the next one proposes instead.
+        plans = [(self.policy.plan(p.name), p) for p in self.proposers]
+        plans.sort(key=lambda plan: -plan[0][1])
+        for (k, _), proposer in plans:
+            k = min(k, k_limit)
             if k > 0:
                 proposal = proposer.propose(self.context, k, sampling, rng)
                 if proposal is not None:

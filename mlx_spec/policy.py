@@ -50,6 +50,10 @@ class FixedK:
     def choose(self, source: str) -> int:
         return self.k
 
+    def plan(self, source: str) -> tuple[int, float]:
+        """(k, expected tokens per second); fixed k has no model, so sources keep their order."""
+        return self.k, 0.0
+
     def update(self, source: str, k: int, n: int) -> None:
         pass
 
@@ -74,18 +78,23 @@ class AdaptiveK:
         s, f = self.counts.get(source, (0.0, 0.0))
         return (s + 2 * self.prior) / (s + f + 2)  # a weak prior worth two trials
 
-    def choose(self, source: str) -> int:
-        alpha = self.alpha(source)
+    def rate(self, source: str, k: int) -> float:
+        """Expected tokens per second of a round proposing k tokens from `source`."""
         step = 0.0 if source in self.free_sources else None
-        k_best = max(
-            range(self.k_max + 1),
-            key=lambda k: expected_tokens(alpha, k) / self.costs.round_cost(k, step),
-        )
+        return expected_tokens(self.alpha(source), k) / self.costs.round_cost(k, step)
+
+    def plan(self, source: str) -> tuple[int, float]:
+        """The best k for `source` and its expected rate (a k = 0 winner is probed with
+        k = 1 every `probe_every` rounds)."""
+        k_best = max(range(self.k_max + 1), key=lambda k: self.rate(source, k))
         if k_best == 0:
             self.idle[source] = self.idle.get(source, 0) + 1
             if self.idle[source] % self.probe_every == 0:
-                return 1
-        return k_best
+                k_best = 1
+        return k_best, self.rate(source, k_best)
+
+    def choose(self, source: str) -> int:
+        return self.plan(source)[0]
 
     def update(self, source: str, k: int, n: int) -> None:
         if k == 0:

@@ -58,3 +58,11 @@ def test_calibration_is_measured_once_and_cached(stories):
     assert stored["machine|stories"]["verify"] == first.verify
     again = cached_calibration("machine|stories", None, None, k_max=4)  # no model needed now
     assert again == first
+
+
+def test_sources_are_ranked_by_expected_rate():
+    policy = AdaptiveK(CHEAP_VERIFY)
+    for _ in range(20):
+        policy.update("ngram", 4, 0)  # n-gram proposals keep failing
+        policy.update("draft", 4, 4)  # the draft model's are accepted
+    assert policy.plan("draft")[1] > policy.plan("ngram")[1]
