@@ -41,16 +41,18 @@ def is_quantized(model) -> bool:
 def cast_model(model, dtype: str):
     """Dequantize quantized layers, then cast every floating weight to `dtype`."""
     import mlx.core as mx
-    from mlx.utils import tree_map
+    from mlx.utils import tree_flatten, tree_unflatten
     from mlx_lm.utils import dequantize_model
 
     if is_quantized(model):
         model = dequantize_model(model)
     target = getattr(mx, dtype)
-    model.update(tree_map(
-        lambda x: x.astype(target) if mx.issubdtype(x.dtype, mx.floating) else x,
-        model.parameters()))
-    mx.eval(model.parameters())
+    # Only arrays that change: a no-op astype still copies, doubling peak memory for nothing.
+    changed = [(k, x.astype(target)) for k, x in tree_flatten(model.parameters())
+               if mx.issubdtype(x.dtype, mx.floating) and x.dtype != target]
+    if changed:
+        model.update(tree_unflatten(changed))
+        mx.eval(model.parameters())
     return model
 
 
