@@ -107,7 +107,10 @@ class Engine:
         drafts = proposal.tokens if proposal else mx.zeros((0,), dtype=mx.int32)
         k = drafts.shape[0]
         inputs = mx.concatenate([mx.array(self.context[-1:], dtype=mx.int32), drafts])
-        logits = self.target(inputs[None], cache=self.cache)[0].astype(mx.float32)
+        pad = self.policy.verify_tokens(k) - (k + 1)
+        if pad > 0:  # rows past k+1 are ignored and their cache entries trimmed
+            inputs = mx.concatenate([inputs, mx.zeros((pad,), dtype=mx.int32)])
+        logits = self.target(inputs[None], cache=self.cache)[0, : k + 1].astype(mx.float32)
         if sampling.processors:
             # Row i must see the history plain decoding would have had: context + d_1..d_i.
             history = mx.array(self.context, dtype=mx.int32)

@@ -33,6 +33,7 @@ class Costs:
 
     draft_step: float
     verify: list[float]
+    verify_tokens: list[int] | None = None  # tokens to feed when verifying k (>= k+1)
 
     def round_cost(self, k: int, draft_step: float | None = None) -> float:
         step = self.draft_step if draft_step is None else draft_step
@@ -53,6 +54,9 @@ class FixedK:
     def plan(self, source: str) -> tuple[int, float]:
         """(k, expected tokens per second); fixed k has no model, so sources keep their order."""
         return self.k, 0.0
+
+    def verify_tokens(self, k: int) -> int:
+        return k + 1
 
     def update(self, source: str, k: int, n: int) -> None:
         pass
@@ -96,6 +100,11 @@ class AdaptiveK:
     def choose(self, source: str) -> int:
         return self.plan(source)[0]
 
+    def verify_tokens(self, k: int) -> int:
+        """How many tokens to feed the target to verify k drafts (padding where cheaper)."""
+        padded = self.costs.verify_tokens
+        return padded[k] if padded and k < len(padded) else k + 1
+
     def update(self, source: str, k: int, n: int) -> None:
         if k == 0:
             return
@@ -103,37 +112,40 @@ class AdaptiveK:
         self.counts[source] = [self.decay * s + n, self.decay * f + (n < k)]
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times)
-
-
-def _forward_cost(model, context: int, tokens: int, repeats: int) -> float:
-    """Seconds for one forward of `tokens` new tokens after `context` cached ones."""
+def _forward_costs(model, token_counts, context: int, repeats: int) -> dict[int, float]:
+    """Median seconds of one forward of T new tokens after `context` cached ones, per T."""
     cache = make_prompt_cache(model)
     mx.eval(model(mx.zeros((1, context), dtype=mx.int32), cache=cache))
-
-    def step():
-        mx.eval(model(mx.ones((1, tokens), dtype=mx.int32), cache=cache))
-        for c in cache:
-            c.trim(tokens)
-
-    step()  # warm-up: first calls compile and allocate
-    return _median_time(step, repeats)
+    costs = {}
+    for tokens in token_counts:
+        times = []
+        for attempt in range(repeats + 1):  # the first call compiles and allocates
+            tic = time.perf_counter()
+            mx.eval(model(mx.ones((1, tokens), dtype=mx.int32), cache=cache))
+            times.append(time.perf_counter() - tic)
+            for c in cache:
+                c.trim(tokens)
+        costs[tokens] = statistics.median(times[1:])
+    return costs
 
 
 def calibrate(target, draft=None, k_max: int = 8, context: int = 128, repeats: int = 3) -> Costs:
-    """Measure t_verify(k) for k = 0..k_max and the draft's per-token step on this machine."""
-    verify = [_forward_cost(target, context, k + 1, repeats) for k in range(k_max + 1)]
-    # Noise can make the curve dip; verifying more tokens never costs less.
-    for k in range(1, len(verify)):
-        verify[k] = max(verify[k], verify[k - 1])
-    draft_step = _forward_cost(draft, context, 1, repeats) if draft is not None else 0.0
-    return Costs(draft_step=draft_step, verify=verify)
+    """Measure the target's forward cost for T = 1 .. 2(k_max+1) tokens and the draft's step.
+
+    t_verify(k) is the cheapest forward of at least k+1 tokens: a BLAS may be faster at some
+    larger T than at k+1 (seen with OpenBLAS on the CPU), and padding the verification with
+    tokens whose outputs are ignored is free of side effects (causal attention; the cache is
+    trimmed after the round). `verify_tokens[k]` records the T to feed.
+    """
+    sizes = range(1, 2 * (k_max + 1) + 1)
+    measured = _forward_costs(target, sizes, context, repeats)
+    verify, verify_tokens = [], []
+    for k in range(k_max + 1):
+        best = min((t for t in sizes if t >= k + 1), key=lambda t: (measured[t], t))
+        verify.append(measured[best])
+        verify_tokens.append(best)
+    draft_step = _forward_costs(draft, [1], context, repeats)[1] if draft is not None else 0.0
+    return Costs(draft_step=draft_step, verify=verify, verify_tokens=verify_tokens)
 
 
 def calibration_path() -> Path:
@@ -149,7 +161,7 @@ def cached_calibration(key: str, target, draft=None, k_max: int = 8) -> Costs:
     except (OSError, ValueError):
         table = {}
     entry = table.get(key)
-    if entry and len(entry.get("verify", [])) > k_max:
+    if entry and len(entry.get("verify", [])) > k_max and entry.get("verify_tokens"):
         return Costs(**entry)
     costs = calibrate(target, draft, k_max=k_max)
     table[key] = asdict(costs)

@@ -10,6 +10,7 @@ from conftest import CountingModel, quantized_copy
 
 import mlx_spec.decode as decode
 from mlx_spec.pair import Pair
+from mlx_spec.policy import FixedK
 from mlx_spec.proposers import cache_length
 
 PROMPT = "Once upon a time"
@@ -118,3 +119,22 @@ def test_statistics_are_consistent(stories):
     assert sum(stats.time_split().values()) == pytest.approx(1.0)
     assert stats.bandwidth_gbs > 0
     assert stats.to_dict()["tau"] == stats.tau
+
+
+class PaddingPolicy(FixedK):
+    """Fixed k, but verifies with 5 extra (ignored) tokens, as calibration may choose."""
+
+    def verify_tokens(self, k):
+        return k + 6
+
+
+def test_padded_verification_changes_nothing_but_the_work(stories):
+    model, tok = stories
+    plain = Pair(model, tok).generate(PROMPT, max_tokens=40, chat=False).tokens
+    target = CountingModel(model)
+    pair = Pair(target, tok, draft=quantized_copy(model), k=3)
+    pair.engine.policy = PaddingPolicy(3)
+    result = pair.generate(PROMPT, max_tokens=40, chat=False)
+    assert result.tokens == plain
+    assert cache_length(pair.engine.cache) == len(pair.engine.context) - 1
+    assert target.tokens > 40 + 5 * result.stats.rounds  # the padding was really fed

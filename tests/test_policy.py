@@ -54,6 +54,7 @@ def test_calibration_is_measured_once_and_cached(stories):
     first = cached_calibration("machine|stories", model, model, k_max=4)
     assert len(first.verify) == 5 and first.draft_step > 0
     assert all(a <= b for a, b in zip(first.verify, first.verify[1:]))
+    assert all(t >= k + 1 for k, t in enumerate(first.verify_tokens))
     stored = json.loads(calibration_path().read_text())
     assert stored["machine|stories"]["verify"] == first.verify
     again = cached_calibration("machine|stories", None, None, k_max=4)  # no model needed now
