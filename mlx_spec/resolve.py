@@ -12,6 +12,8 @@ from pathlib import Path
 from mlx_spec.errors import SpecError
 
 # The files `mlx_lm.load` needs; everything else in a repo (GGUF, PyTorch bins) is skipped.
+# Same list as mlx_lm.utils.DEFAULT_ALLOW_PATTERNS, kept here because importing mlx_lm.utils
+# pulls in mlx and transformers, and resolution must stay cheap for `models list`.
 ALLOW_PATTERNS = ["*.json", "model*.safetensors", "*.py", "tokenizer.model", "*.tiktoken",
                   "tiktoken.model", "*.txt", "*.jsonl", "*.jinja"]
 

@@ -1,5 +1,7 @@
 """GGUF import: a tiny llama GGUF written here converts into a model with the source's logits."""
 
+from pathlib import Path
+
 import mlx_spec  # noqa: F401  (loads OpenBLAS before mlx.core)
 
 import mlx.core as mx
@@ -202,8 +204,7 @@ def test_existing_output_directory_is_not_overwritten(models_tiny_gguf, tmp_path
         convert_gguf(models_tiny_gguf[0], tmp_path / "taken", progress=False)
 
 
-STORIES = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / \
-    "models" / "stories260K"
+STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "stories260K"
 
 
 @pytest.mark.skipif(not STORIES.is_dir(), reason="../shared/models/stories260K is absent")
