@@ -22,7 +22,7 @@ from mlx_spec.policy import FixedK
 from mlx_spec.proposers import Proposal, Proposer, cache_length, common_prefix, forward_chunked, rollback
 from mlx_spec.sampling import SamplingParams, apply_processors, probabilities
 from mlx_spec.stats import Stats
-from mlx_spec.stops import StopText
+from mlx_spec.text import StopText, TextStream
 
 
 @dataclass
@@ -146,11 +146,11 @@ class Engine:
         stats = stats or Stats()
         rng = np.random.default_rng(sampling.seed)
         eos = set(self.tokenizer.eos_token_ids)
-        detokenizer = self.tokenizer.detokenizer
         stop_text = StopText(stop_strings)
 
         tic = time.perf_counter()
         stats.prompt_tokens = self.prefill(prompt)
+        text_stream = TextStream(self.tokenizer, prompt[-1:])
         stats.prompt_time = time.perf_counter() - tic
         mx.reset_peak_memory()
         generated, finish = 0, None
@@ -172,8 +172,7 @@ class Engine:
                 if token in eos:
                     finish = "stop"
                 else:
-                    detokenizer.add_token(token)
-                    emitted, hit = stop_text.feed(detokenizer.last_segment)
+                    emitted, hit = stop_text.feed(text_stream.add(token))
                     text += emitted
                     finish = "stop" if hit else None
                 if finish is None and generated >= max_tokens:
@@ -183,8 +182,7 @@ class Engine:
                     break
             if finish is not None and not stop_text.hit:
                 # EOS or max tokens: release what the detokenizer and stop filter held back
-                detokenizer.finalize()
-                emitted, _ = stop_text.feed(detokenizer.last_segment)
+                emitted, _ = stop_text.feed(text_stream.finalize())
                 text += emitted + stop_text.flush()
 
             # Roll back: the target cache keeps [last, accepted drafts]; the new last is

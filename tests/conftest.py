@@ -90,20 +90,8 @@ class ByteTokenizer:
     def encode(self, text):
         return [ord(c) - 65 for c in text]
 
-    @property
-    def detokenizer(self):
-        return _ByteDetokenizer()
-
-
-class _ByteDetokenizer:
-    def __init__(self):
-        self.last_segment = ""
-
-    def add_token(self, token):
-        self.last_segment = chr(65 + token)
-
-    def finalize(self):
-        self.last_segment = ""
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(65 + i) for i in ids)
 
 
 CLI_CHAT_TEMPLATE = (

@@ -139,3 +139,13 @@ def test_negative_k_is_an_error():
 def test_sampling_params_are_validated_on_creation():
     with pytest.raises(SpecError):
         SamplingParams(top_p=1.5)
+
+
+def test_streamed_text_keeps_the_leading_space_of_a_continuation(stories):
+    model, tok = stories
+    prompt = "Once upon a time,"
+    result = Pair(model, tok).generate(prompt, max_tokens=12, chat=False)
+    ids = tok.encode(prompt)
+    whole = tok.decode(ids + result.tokens)
+    assert result.text == whole[len(tok.decode(ids)):]
+    assert result.text.startswith(" ")

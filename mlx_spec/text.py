@@ -1,0 +1,68 @@
+"""Streamed text: incremental detokenization that keeps every space, and stop strings
+(emit nothing past a stop string, hold back a tail that might be the start of one)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+class StopText:
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.held = ""
+        self.hit = False
+
+    def feed(self, segment: str) -> tuple[str, bool]:
+        """Add text; return (text safe to emit, whether a stop string was reached)."""
+        text = self.held + segment
+        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.held, self.hit = "", True
+            return text[: min(hits)], True
+        hold = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(text)), hold, -1):
+                if text.endswith(stop[:size]):
+                    hold = size
+                    break
+        self.held = text[len(text) - hold :]
+        return text[: len(text) - hold], False
+
+    def flush(self) -> str:
+        """The held-back tail, once no more text will come (nothing after a stop string)."""
+        if self.hit:
+            return ""
+        held, self.held = self.held, ""
+        return held
+
+
+class TextStream:
+    """Text of generated tokens, one token at a time.
+
+    Decodes `anchor + generated` and drops the anchor's own text: decoding the generated ids
+    alone would lose a leading space (SentencePiece and mlx-lm's BPE streamer both trim it).
+    A trailing incomplete UTF-8 sequence is held back until the token that completes it.
+    """
+
+    def __init__(self, tokenizer, anchor: list[int]):
+        self.tokenizer = tokenizer
+        self.ids = list(anchor)
+        self.base = len(self._decode(self.ids))
+        self.sent = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _new_text(self, final: bool) -> str:
+        text = self._decode(self.ids)[self.base :]
+        if not final and text.endswith("\ufffd"):
+            return ""
+        new, self.sent = text[self.sent :], len(text)
+        return new
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        return self._new_text(final=False)
+
+    def finalize(self) -> str:
+        return self._new_text(final=True)
