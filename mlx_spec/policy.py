@@ -71,7 +71,7 @@ class AdaptiveK:
     """
 
     def __init__(self, costs: Costs, k_max: int = 8, prior: float = 0.6, decay: float = 0.9,
-                 probe_every: int = 8, free_sources: tuple[str, ...] = ("ngram",)):
+                 probe_every: int = 16, free_sources: tuple[str, ...] = ("ngram",)):
         self.costs, self.k_max, self.decay, self.probe_every = costs, k_max, decay, probe_every
         self.free_sources = free_sources
         self.prior = prior
@@ -130,14 +130,16 @@ def _forward_costs(model, token_counts, context: int, repeats: int) -> dict[int,
 
 
 def calibrate(target, draft=None, k_max: int = 8, context: int = 128, repeats: int = 3) -> Costs:
-    """Measure the target's forward cost for T = 1 .. 2(k_max+1) tokens and the draft's step.
+    """Measure the target's forward cost for T = 1 .. k_max+1 tokens (and a few larger sizes)
+    and the draft's step.
 
     t_verify(k) is the cheapest forward of at least k+1 tokens: a BLAS may be faster at some
     larger T than at k+1 (seen with OpenBLAS on the CPU), and padding the verification with
     tokens whose outputs are ignored is free of side effects (causal attention; the cache is
     trimmed after the round). `verify_tokens[k]` records the T to feed.
     """
-    sizes = range(1, 2 * (k_max + 1) + 1)
+    # every k+1, plus the sizes BLAS libraries tend to favour (multiples of 8) a little above
+    sizes = sorted(set(range(1, k_max + 2)) | {t for t in (8, 16, 24, 32) if t <= 2 * (k_max + 1)})
     measured = _forward_costs(target, sizes, context, repeats)
     verify, verify_tokens = [], []
     for k in range(k_max + 1):
