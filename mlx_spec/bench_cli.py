@@ -71,7 +71,9 @@ def run(
         loaded_target, loaded_draft = load_model(target), load_model(draft)
     bench = Bench(loaded_target, loaded_draft, default_arms(k, mlx_ks), max_tokens=max_tokens, chat=not raw)
     with console.status("warming up and measuring…") as status:
-        result = run_suite(bench, prompts, _floats(temps), repeats, on_progress=lambda m: status.update(m))
+        # a spinner on a terminal; one line per run in a log
+        report = status.update if console.is_terminal else console.print
+        result = run_suite(bench, prompts, _floats(temps), repeats, on_progress=report)
     out = out or PROMPTS_DIR.parent / "results" / f"bench-{datetime.now():%Y%m%d-%H%M%S}.json"
     write_result(result, out)
     print_summary(result, Console())
