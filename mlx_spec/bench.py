@@ -24,6 +24,7 @@ from mlx_spec.platform import machine
 
 SCHEMA = "mlx-spec-bench/1"
 CATEGORIES = ("code", "math", "open", "edit")
+WARMUP_TOKENS = 8
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "prompts"
 
 
@@ -91,17 +92,19 @@ class Bench:
         any_pair = next(iter(self.pairs.values()), None) or Pair(target.model, target.tokenizer)
         self.encode = any_pair.encode
 
-    def run(self, arm: Arm, ids: list[int], temperature: float, seed: int) -> Run:
+    def run(self, arm: Arm, ids: list[int], temperature: float, seed: int,
+            max_tokens: int | None = None) -> Run:
+        max_tokens = max_tokens or self.max_tokens
         if arm.kind == "mlx-lm":
-            return self._run_mlx_lm(arm, ids, temperature, seed)
+            return self._run_mlx_lm(arm, ids, temperature, seed, max_tokens)
         pair = self.pairs[arm.name]
         pair.reset()  # every run prefills from scratch, like the mlx-lm arms
         tic = time.perf_counter()
-        result = pair.generate(ids, max_tokens=self.max_tokens, temperature=temperature, seed=seed)
+        result = pair.generate(ids, max_tokens=max_tokens, temperature=temperature, seed=seed)
         seconds = time.perf_counter() - tic
         return Run(result.tokens, seconds, result.stats.to_dict())
 
-    def _run_mlx_lm(self, arm: Arm, ids, temperature, seed) -> Run:
+    def _run_mlx_lm(self, arm: Arm, ids, temperature, seed, max_tokens) -> Run:
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler
 
@@ -112,7 +115,7 @@ class Bench:
         tic = time.perf_counter()
         tokens, drafted = [], 0
         for response in stream_generate(self.target.model, self.target.tokenizer, ids,
-                                        max_tokens=self.max_tokens, **kwargs):
+                                        max_tokens=max_tokens, **kwargs):
             tokens.append(int(response.token))
             drafted += bool(response.from_draft)
         seconds = time.perf_counter() - tic
@@ -136,8 +139,8 @@ def run_suite(bench: Bench, prompts: dict, temperatures=(0.0, 0.7), repeats: int
     total = sum(len(v) for v in prompts.values()) * len(temperatures) * repeats * len(bench.arms)
     done = 0
     first_ids = bench.encode(next(iter(prompts.values()))[0]["prompt"], chat=bench.chat)
-    for arm in bench.arms:  # warm-up: compile, allocate, calibrate
-        bench.run(arm, first_ids[: max(8, len(first_ids))], 0.0, 0)
+    for arm in bench.arms:  # warm-up: compile and allocate every code path once
+        bench.run(arm, first_ids, 0.0, 0, max_tokens=WARMUP_TOKENS)
     for temperature in temperatures:
         for category, items in prompts.items():
             for item in items:

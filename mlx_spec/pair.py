@@ -178,7 +178,7 @@ def load_pair(
     target: str,
     draft: str | None = None,
     *,
-    ngram: bool = False,
+    ngram: bool | None = None,
     k: int | None = None,
     k_max: int = 8,
     dtype: str | None = None,
@@ -186,8 +186,9 @@ def load_pair(
 ) -> Pair:
     """Load a pair once. `target` is a pair name from models.toml, a local directory or a
     Hugging Face repo id. `draft`: None (the pair's draft, or plain decoding for a bare
-    target), a reference, "ngram" (draft-free), or "none". `ngram=True` adds n-gram
-    proposals in front of the draft model. `k`: fixed draft length; None adapts it."""
+    target), a reference, "ngram" (draft-free), or "none". `ngram` adds n-gram proposals
+    beside the draft model (None: on when k adapts, which ranks the two by expected rate).
+    `k`: fixed draft length; None adapts it."""
     from mlx_spec.loading import load_model
     from mlx_spec.registry import load_registry
 
@@ -200,7 +201,9 @@ def load_pair(
     if draft == "ngram":
         draft, ngram = None, True
     elif draft == "none":
-        draft = None
+        draft, ngram = None, bool(ngram)
+    elif ngram is None:
+        ngram = draft is not None and k is None
     loaded_target = load_model(target, dtype=dtype)
     loaded_draft = load_model(draft, dtype=dtype) if draft else None
     if loaded_draft is not None:
