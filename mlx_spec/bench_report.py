@@ -98,13 +98,24 @@ def plot_result(result: dict, path: Path) -> Path:
                 if tau:
                     ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"τ{tau:.1f}",
                             ha="center", va="bottom", fontsize=6)
-        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-        ax.set_xticks([j + width * (len(arms) - 1) / 2 for j in range(len(categories))])
-        ax.set_xticklabels(list(categories))
-        ax.set_ylabel("speed-up over plain decoding")
-        ax.set_title(f"temperature {temperature}")
-        ax.legend(fontsize=7)
+        _finish_panel(ax, list(categories), len(arms), width, f"temperature {temperature}")
     fig.suptitle(machine_line(result), fontsize=9)
+    return _save(fig, path)
+
+
+def _finish_panel(ax, categories: list[str], groups: int, width: float, title: str) -> None:
+    """Baseline line at 1x, category ticks under each group of bars, labels, legend."""
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xticks([j + width * (groups - 1) / 2 for j in range(len(categories))])
+    ax.set_xticklabels(categories)
+    ax.set_ylabel("speed-up over plain decoding")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,15 +178,5 @@ def plot_compare(results: list[dict], labels: list[str], path: Path) -> Path:
             cats = result["summary"].get(temperature, {})
             ys = [(cats.get(c, {}).get(arm) or {}).get("speedup") or 0 for c in categories]
             ax.bar([j + i * width for j in range(len(categories))], ys, width, label=label)
-        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-        ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(categories))])
-        ax.set_xticklabels(categories)
-        ax.set_title(f"{arm}, temperature {temperature}")
-        ax.set_ylabel("speed-up over plain decoding")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        _finish_panel(ax, categories, len(results), width, f"{arm}, temperature {temperature}")
+    return _save(fig, path)
