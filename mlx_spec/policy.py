@@ -58,34 +58,54 @@ class FixedK:
     def verify_tokens(self, k: int) -> int:
         return k + 1
 
-    def update(self, source: str, k: int, n: int) -> None:
+    def update(self, source: str, k: int, n: int, seconds: float | None = None) -> None:
         pass
 
 
 class AdaptiveK:
     """Pick, each round, the k that maximises expected tokens per second.
 
-    alpha per source is a decayed count of accepts over trials (a round with n of k accepted
-    is n successes and one failure when n < k). When k = 0 wins, a round with k = 1 is tried
-    every `probe_every` rounds so that a source which improves gets another chance.
+    Acceptance is tracked per source and per draft position: alpha_i is the decayed share of
+    rounds that reached position i and accepted it (drafts get harder further out, so one
+    alpha for all positions over-drafts). Expected tokens of a round with k drafts:
+    1 + sum_j prod_{i<=j} alpha_i. The cost of a draft step starts from the calibration and
+    follows the measured round times. When k = 0 wins, a round with k = 1 is tried every
+    `probe_every` rounds so that a source which improves gets another chance.
     """
 
-    def __init__(self, costs: Costs, k_max: int = 8, prior: float = 0.6, decay: float = 0.9,
+    def __init__(self, costs: Costs, k_max: int = 8, prior: float = 0.6, decay: float = 0.85,
                  probe_every: int = 16, free_sources: tuple[str, ...] = ("ngram",)):
         self.costs, self.k_max, self.decay, self.probe_every = costs, k_max, decay, probe_every
         self.free_sources = free_sources
         self.prior = prior
-        self.counts: dict[str, list[float]] = {}  # source -> [successes, failures]
+        self.counts: dict[str, list[list[float]]] = {}  # source -> per position [accepts, rejects]
+        self.step: dict[str, float] = {}  # source -> measured seconds per draft token
         self.idle: dict[str, int] = {}
 
+    def alphas(self, source: str) -> list[float]:
+        # Each position's prior (worth two trials) is the estimate of the position before it,
+        # so positions the policy has not tried yet inherit what it knows, not a fixed guess.
+        result, prior = [], self.prior
+        for s, f in self.counts.get(source) or [[0.0, 0.0]] * self.k_max:
+            prior = (s + 2 * prior) / (s + f + 2)
+            result.append(prior)
+        return result
+
     def alpha(self, source: str) -> float:
-        s, f = self.counts.get(source, (0.0, 0.0))
-        return (s + 2 * self.prior) / (s + f + 2)  # a weak prior worth two trials
+        """Acceptance of the first drafted position."""
+        return self.alphas(source)[0]
+
+    def expected(self, source: str, k: int) -> float:
+        total, reach = 1.0, 1.0
+        for a in self.alphas(source)[:k]:
+            reach *= a
+            total += reach
+        return total
 
     def rate(self, source: str, k: int) -> float:
         """Expected tokens per second of a round proposing k tokens from `source`."""
-        step = 0.0 if source in self.free_sources else None
-        return expected_tokens(self.alpha(source), k) / self.costs.round_cost(k, step)
+        step = 0.0 if source in self.free_sources else self.step.get(source)
+        return self.expected(source, k) / self.costs.round_cost(k, step)
 
     def plan(self, source: str) -> tuple[int, float]:
         """The best k for `source` and its expected rate (a k = 0 winner is probed with
@@ -105,11 +125,22 @@ class AdaptiveK:
         padded = self.costs.verify_tokens
         return padded[k] if padded and k < len(padded) else k + 1
 
-    def update(self, source: str, k: int, n: int) -> None:
+    def update(self, source: str, k: int, n: int, seconds: float | None = None) -> None:
+        """A round proposed k from `source`, n were accepted, it took `seconds` in all."""
         if k == 0:
             return
-        s, f = self.counts.get(source, (0.0, 0.0))
-        self.counts[source] = [self.decay * s + n, self.decay * f + (n < k)]
+        counts = self.counts.setdefault(source, [[0.0, 0.0] for _ in range(self.k_max)])
+        for i, c in enumerate(counts):
+            c[0] *= self.decay
+            c[1] *= self.decay
+            if i < min(n, len(counts)):
+                c[0] += 1
+            elif i == n and n < k:
+                c[1] += 1
+        if seconds is not None and source not in self.free_sources:
+            measured = max(seconds - self.costs.verify[min(k, len(self.costs.verify) - 1)], 0.0) / k
+            before = self.step.get(source, self.costs.draft_step)
+            self.step[source] = 0.8 * before + 0.2 * measured
 
 
 def _forward_costs(model, token_counts, context: int, repeats: int) -> dict[int, float]:

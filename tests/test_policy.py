@@ -67,3 +67,22 @@ def test_sources_are_ranked_by_expected_rate():
         policy.update("ngram", 4, 0)  # n-gram proposals keep failing
         policy.update("draft", 4, 4)  # the draft model's are accepted
     assert policy.plan("draft")[1] > policy.plan("ngram")[1]
+
+
+def test_acceptance_that_falls_with_position_limits_k():
+    policy = AdaptiveK(CHEAP_VERIFY)
+    for _ in range(40):
+        k = max(policy.choose("draft"), 1)
+        policy.update("draft", k, min(2, k))  # the first two drafts land, the third never does
+    alphas = policy.alphas("draft")
+    assert alphas[0] > 0.9 and alphas[1] > 0.9 and alphas[2] < 0.2
+    assert 2 <= policy.choose("draft") <= 3
+
+
+def test_measured_round_times_update_the_draft_step_cost():
+    policy = AdaptiveK(CHEAP_VERIFY)
+    for _ in range(30):
+        policy.update("draft", 4, 4, seconds=CHEAP_VERIFY.verify[4] + 4 * 1.0)  # 1 s per draft
+    assert policy.step["draft"] == pytest.approx(1.0, rel=0.01)
+    policy.update("ngram", 4, 4, seconds=9.0)  # free sources have no step cost to learn
+    assert "ngram" not in policy.step
