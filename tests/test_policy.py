@@ -71,12 +71,14 @@ def test_sources_are_ranked_by_expected_rate():
 
 def test_acceptance_that_falls_with_position_limits_k():
     policy = AdaptiveK(CHEAP_VERIFY)
+    chosen = []
     for _ in range(40):
         k = max(policy.choose("draft"), 1)
+        chosen.append(k)
         policy.update("draft", k, min(2, k))  # the first two drafts land, the third never does
     alphas = policy.alphas("draft")
-    assert alphas[0] > 0.9 and alphas[1] > 0.9 and alphas[2] < 0.2
-    assert 2 <= policy.choose("draft") <= 3
+    assert alphas[0] > 0.9 and alphas[1] > 0.9 and alphas[2] < 0.7
+    assert set(chosen[-20:]) <= {2, 3} and chosen[-20:].count(2) >= 14  # k = 3 only as a probe
 
 
 def test_measured_round_times_update_the_draft_step_cost():
