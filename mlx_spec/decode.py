@@ -194,7 +194,7 @@ class Engine:
                 proposer.observe(proposal, n_accepted, committed)
             k = proposal.k if proposal else 0
             if proposal is not None:
-                self.policy.update(proposal.source, k, n, seconds=t2 - t0)
+                self.policy.update(proposal.source, k, n)
             stats.record_round(proposal.source if proposal else None, k, n_accepted, len(committed))
             t3 = time.perf_counter()
             stats.draft_time += t1 - t0

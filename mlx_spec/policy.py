@@ -58,7 +58,7 @@ class FixedK:
     def verify_tokens(self, k: int) -> int:
         return k + 1
 
-    def update(self, source: str, k: int, n: int, seconds: float | None = None) -> None:
+    def update(self, source: str, k: int, n: int) -> None:
         pass
 
 
@@ -68,18 +68,19 @@ class AdaptiveK:
     Acceptance is tracked per source and per draft position: alpha_i is the decayed share of
     rounds that reached position i and accepted it (drafts get harder further out, so one
     alpha for all positions over-drafts). Expected tokens of a round with k drafts:
-    1 + sum_j prod_{i<=j} alpha_i. The cost of a draft step starts from the calibration and
-    follows the measured round times. When k = 0 wins, a round with k = 1 is tried every
-    `probe_every` rounds so that a source which improves gets another chance.
+    1 + sum_j prod_{i<=j} alpha_i. The prior is optimistic (a pair is assumed to agree until
+    it shows otherwise: one failed round halves it). Costs come from the calibration: only
+    their ratios matter to the choice, and those are steadier than a noisy machine's absolute
+    timings. When k = 0 wins, a round with k = 1 is tried every `probe_every` rounds so that
+    a source which improves gets another chance.
     """
 
-    def __init__(self, costs: Costs, k_max: int = 8, prior: float = 0.6, decay: float = 0.85,
+    def __init__(self, costs: Costs, k_max: int = 8, prior: float = 0.9, decay: float = 0.85,
                  probe_every: int = 16, free_sources: tuple[str, ...] = ("ngram",)):
         self.costs, self.k_max, self.decay, self.probe_every = costs, k_max, decay, probe_every
         self.free_sources = free_sources
         self.prior = prior
         self.counts: dict[str, list[list[float]]] = {}  # source -> per position [accepts, rejects]
-        self.step: dict[str, float] = {}  # source -> measured seconds per draft token
         self.idle: dict[str, int] = {}
 
     def alphas(self, source: str) -> list[float]:
@@ -104,7 +105,7 @@ class AdaptiveK:
 
     def rate(self, source: str, k: int) -> float:
         """Expected tokens per second of a round proposing k tokens from `source`."""
-        step = 0.0 if source in self.free_sources else self.step.get(source)
+        step = 0.0 if source in self.free_sources else None
         return self.expected(source, k) / self.costs.round_cost(k, step)
 
     def plan(self, source: str) -> tuple[int, float]:
@@ -125,8 +126,8 @@ class AdaptiveK:
         padded = self.costs.verify_tokens
         return padded[k] if padded and k < len(padded) else k + 1
 
-    def update(self, source: str, k: int, n: int, seconds: float | None = None) -> None:
-        """A round proposed k from `source`, n were accepted, it took `seconds` in all."""
+    def update(self, source: str, k: int, n: int) -> None:
+        """A round proposed k tokens from `source` and the target accepted n."""
         if k == 0:
             return
         counts = self.counts.setdefault(source, [[0.0, 0.0] for _ in range(self.k_max)])
@@ -137,10 +138,6 @@ class AdaptiveK:
                 c[0] += 1
             elif i == n and n < k:
                 c[1] += 1
-        if seconds is not None and source not in self.free_sources:
-            measured = max(seconds - self.costs.verify[min(k, len(self.costs.verify) - 1)], 0.0) / k
-            before = self.step.get(source, self.costs.draft_step)
-            self.step[source] = 0.8 * before + 0.2 * measured
 
 
 def _forward_costs(model, token_counts, context: int, repeats: int) -> dict[int, float]:

@@ -31,7 +31,7 @@ def test_high_acceptance_drafts_more_than_low_acceptance():
     feed(good, "draft", alpha_pattern=8)  # everything accepted
     feed(bad, "draft", alpha_pattern=0)  # nothing accepted
     assert good.choose("draft") >= 5
-    assert bad.alpha("draft") < 0.15
+    assert bad.alpha("draft") < 0.25 < 0.95 < good.alpha("draft")
 
 
 def test_useless_draft_falls_back_to_plain_decoding_with_probes():
@@ -79,12 +79,3 @@ def test_acceptance_that_falls_with_position_limits_k():
     alphas = policy.alphas("draft")
     assert alphas[0] > 0.9 and alphas[1] > 0.9 and alphas[2] < 0.7
     assert set(chosen[-20:]) <= {2, 3} and chosen[-20:].count(2) >= 14  # k = 3 only as a probe
-
-
-def test_measured_round_times_update_the_draft_step_cost():
-    policy = AdaptiveK(CHEAP_VERIFY)
-    for _ in range(30):
-        policy.update("draft", 4, 4, seconds=CHEAP_VERIFY.verify[4] + 4 * 1.0)  # 1 s per draft
-    assert policy.step["draft"] == pytest.approx(1.0, rel=0.01)
-    policy.update("ngram", 4, 4, seconds=9.0)  # free sources have no step cost to learn
-    assert "ngram" not in policy.step
