@@ -63,11 +63,13 @@ class Engine:
         self.context: list[int] = []  # committed tokens; the cache holds all but the last
 
     def reset(self) -> None:
-        """Forget the conversation: the next prompt is prefilled from scratch."""
+        """Forget the conversation: the next prompt is prefilled from scratch and k is chosen
+        from the prior again (acceptance learned on other text does not carry over)."""
         self.context = []
         rollback(self.cache, 0)
         for proposer in self.proposers:
             proposer.reset()
+        self.policy.reset()
 
     def prefill(self, prompt: list[int]) -> int:
         """Bring the caches to `prompt`, reusing the longest prefix they already hold.

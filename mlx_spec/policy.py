@@ -58,6 +58,9 @@ class FixedK:
     def verify_tokens(self, k: int) -> int:
         return k + 1
 
+    def reset(self) -> None:
+        pass
+
     def update(self, source: str, k: int, n: int) -> None:
         pass
 
@@ -82,6 +85,11 @@ class AdaptiveK:
         self.prior = prior
         self.counts: dict[str, list[list[float]]] = {}  # source -> per position [accepts, rejects]
         self.idle: dict[str, int] = {}
+
+    def reset(self) -> None:
+        """Back to the prior: a new conversation may be a different kind of text."""
+        self.counts.clear()
+        self.idle.clear()
 
     def alphas(self, source: str) -> list[float]:
         # Each position's prior (worth two trials) is the estimate of the position before it,

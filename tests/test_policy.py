@@ -79,3 +79,13 @@ def test_acceptance_that_falls_with_position_limits_k():
     alphas = policy.alphas("draft")
     assert alphas[0] > 0.9 and alphas[1] > 0.9 and alphas[2] < 0.7
     assert set(chosen[-20:]) <= {2, 3} and chosen[-20:].count(2) >= 14  # k = 3 only as a probe
+
+
+def test_reset_returns_to_the_prior():
+    policy = AdaptiveK(CHEAP_VERIFY)
+    fresh = policy.choose("draft")
+    feed(policy, "draft", alpha_pattern=0)
+    assert policy.alpha("draft") < 0.5
+    policy.reset()
+    assert policy.alpha("draft") == pytest.approx(0.9)
+    assert policy.choose("draft") == fresh
