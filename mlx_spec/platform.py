@@ -108,11 +108,11 @@ def machine() -> dict:
         "memory_gb": round((_memory_bytes() or 0) / 1e9, 1),
         "mlx_version": mx.__version__,
     }
-    try:
-        import mlx_lm
+    try:  # from the package metadata: importing mlx_lm itself takes seconds
+        from importlib.metadata import PackageNotFoundError, version
 
-        info["mlx_lm_version"] = mlx_lm.__version__
-    except (ImportError, AttributeError):
+        info["mlx_lm_version"] = version("mlx-lm")
+    except PackageNotFoundError:
         info["mlx_lm_version"] = None
     if _py_platform.system() == "Darwin":
         chip = _run(["sysctl", "-n", "machdep.cpu.brand_string"]) or "Apple silicon"
