@@ -1,7 +1,8 @@
 """Choosing k, the number of tokens to propose in a round.
 
-Expected tokens per round with per-token acceptance alpha: (1 - alpha^(k+1)) / (1 - alpha).
-Throughput is that over the round's cost, k * t_draft + t_verify(k). The costs are measured
+Expected tokens per round: 1 + sum_j prod_{i<=j} alpha_i, with alpha_i the acceptance of
+draft position i ((1 - alpha^(k+1)) / (1 - alpha) when all are equal). Throughput is that over
+the round's cost, k * t_draft + t_verify(k). The costs are measured
 once per machine and pair (`calibrate`, cached on disk); alpha is tracked online per source.
 """
 
@@ -18,13 +19,6 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from mlx_spec.errors import SpecError
-
-
-def expected_tokens(alpha: float, k: int) -> float:
-    """Mean tokens a round emits when each drafted token is accepted with probability alpha."""
-    if alpha >= 1.0:
-        return k + 1.0
-    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
 
 
 @dataclass

@@ -6,13 +6,14 @@ import json
 
 import pytest
 
-from mlx_spec.policy import AdaptiveK, Costs, cached_calibration, calibration_path, expected_tokens
+from mlx_spec.policy import AdaptiveK, Costs, cached_calibration, calibration_path
 
 
-def test_expected_tokens_formula():
-    assert expected_tokens(0.0, 5) == 1.0
-    assert expected_tokens(1.0, 5) == 6.0
-    assert expected_tokens(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
+def test_expected_tokens_with_equal_acceptance_is_the_geometric_formula():
+    policy = AdaptiveK(Costs(draft_step=0.1, verify=[1.0] * 9), prior=0.5)
+    assert policy.alphas("draft") == [0.5] * 8
+    for k in range(9):
+        assert policy.expected("draft", k) == pytest.approx((1 - 0.5 ** (k + 1)) / (1 - 0.5))
 
 
 # verify cost grows slowly with k (the regime where drafting pays), as on this CPU
