@@ -16,6 +16,7 @@ from typing import Callable, TextIO
 
 from mlx_spec.errors import SpecError
 from mlx_spec.render import DRAFTED_LEGEND, Painter, combine, k_label, stats_table, summary_line, use_color
+from mlx_spec.sampling import SamplingParams
 from mlx_spec.stats import Stats
 
 HELP = """commands:
@@ -27,17 +28,13 @@ HELP = """commands:
 Ctrl-C stops a reply and keeps what was written so far."""
 
 
-@dataclass
-class Sampling:
-    """The per-reply options chat passes to Pair.stream."""
+@dataclass(frozen=True)
+class Sampling(SamplingParams):
+    """The per-reply options chat passes to Pair.stream: the sampling settings (chat samples
+    at temperature 0.7 unless told otherwise) and a token budget."""
 
-    max_tokens: int = 1024
     temperature: float = 0.7
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    seed: int | None = None
-    repetition_penalty: float | None = None
+    max_tokens: int = 1024
 
     def as_kwargs(self) -> dict:
         return {k: getattr(self, k) for k in ("temperature", "top_k", "top_p", "min_p", "seed",
