@@ -7,7 +7,6 @@ Same process, arms interleaved after warm-up, greedy, outputs checked identical
 """
 
 import argparse
-import json
 import time
 
 import mlx_spec  # noqa: F401  (OpenBLAS before mlx)

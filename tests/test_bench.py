@@ -8,7 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from mlx_spec.bench import SCHEMA, Arm, Bench, default_arms, read_result, run_suite, summarize, write_result
+from mlx_spec.bench import SCHEMA, Bench, default_arms, read_result, run_suite, summarize, write_result
 from mlx_spec.bench_report import compare_markdown, plot_result, summary_markdown
 from mlx_spec.cli import app
 from mlx_spec.errors import SpecError
