@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence, Union
 
 from mlx_spec.decode import Engine, Step
+from mlx_spec.draft_head import SubsetHead, ascii_token_ids
 from mlx_spec.errors import SpecError
 from mlx_spec.policy import AdaptiveK, FixedK, cached_calibration
 from mlx_spec.proposers import DraftModelProposer, NgramProposer
@@ -23,6 +24,7 @@ from mlx_spec.stats import Stats
 Messages = Sequence[dict]
 Prompt = Union[str, Sequence[int], Messages]
 MAX_MISMATCHES_SHOWN = 3
+MAX_SUBSET_SHARE = 0.8  # a draft head over more of the vocabulary than this saves too little
 
 
 def vocab_size(model) -> int:
@@ -73,6 +75,7 @@ class Pair:
     draft_bytes: int = 0
     use_kernel: bool | None = None
     context_length: int | None = None
+    subset_vocab: bool = True  # the draft scores only ASCII tokens + the conversation's
     last_stats: Stats | None = field(default=None, init=False)
 
     def __post_init__(self):
@@ -83,7 +86,8 @@ class Pair:
         if self.ngram:
             proposers.append(NgramProposer())
         if self.draft is not None:
-            proposers.append(DraftModelProposer(self.draft, vocab_size(self.target)))
+            head = draft_head(self.draft, self.tokenizer, vocab_size(self.target)) if self.subset_vocab else None
+            proposers.append(DraftModelProposer(self.draft, vocab_size(self.target), head))
         self.engine = Engine(
             self.target,
             self.tokenizer,
@@ -165,6 +169,25 @@ class Pair:
     def reset(self) -> None:
         """Forget the conversation held in the caches."""
         self.engine.reset()
+
+
+def draft_head(draft, tokenizer, target_vocab: int) -> SubsetHead | None:
+    """The cheaper draft output layer, when the subset is worth it and the draft allows it."""
+    vocab = min(target_vocab, vocab_size(draft))
+    ids = _ascii_ids(tokenizer, vocab)
+    if len(ids) > MAX_SUBSET_SHARE * vocab:
+        return None
+    return SubsetHead.build(draft, ids)
+
+
+_ASCII_IDS: dict[tuple[int, int], list[int]] = {}
+
+
+def _ascii_ids(tokenizer, vocab: int) -> list[int]:
+    key = (id(tokenizer), vocab)  # decoding the whole vocabulary takes a moment: once per process
+    if key not in _ASCII_IDS:
+        _ASCII_IDS[key] = ascii_token_ids(tokenizer, vocab)
+    return _ASCII_IDS[key]
 
 
 def _machine_key() -> str:

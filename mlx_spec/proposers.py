@@ -82,7 +82,7 @@ class DraftModelProposer:
 
     name = "draft"
 
-    def __init__(self, model, target_vocab: int):
+    def __init__(self, model, target_vocab: int, head=None):
         self.model = model
         self.cache = make_prompt_cache(model)
         if not can_trim_prompt_cache(self.cache):
@@ -91,6 +91,7 @@ class DraftModelProposer:
                 "choose a draft with plain attention layers, or use draft 'ngram'",
             )
         self.target_vocab = target_vocab
+        self.head = head  # a SubsetHead: score only part of the vocabulary (None: all of it)
         self.seen: list[int] = []  # tokens held in the draft cache
         self._inflight: tuple[list[int], int] | None = None  # (tokens fed, k) of the last proposal
 
@@ -99,42 +100,60 @@ class DraftModelProposer:
         rollback(self.cache, keep)
         forward_chunked(self.model, self.cache, context[keep:-1])
         self.seen = list(context[:-1])
+        if self.head is not None:
+            self.head.add_context(context, self.target_vocab)
 
     def reset(self) -> None:
         self.seen, self._inflight = [], None
         rollback(self.cache, 0)
+        if self.head is not None:
+            self.head.reset()
 
-    def _distribution(self, logits: mx.array, history: mx.array, sampling: SamplingParams):
-        """Draft row -> (logits over the shared vocabulary, q padded to the target's size)."""
-        logits = apply_processors(sampling.processors, history, logits[:, : self.target_vocab])
+    def _forward(self, tokens: mx.array) -> tuple[mx.array, mx.array | None]:
+        """Last-row draft logits and the ids of their columns (None: ids 0..V-1)."""
+        head = self.head if self.head is not None and self.head.active else None
+        if head is None:
+            return self.model(tokens[None], cache=self.cache)[:, -1, :], None
+        return head.logits(self.model.model(tokens[None], cache=self.cache)[:, -1, :]), head.ids
+
+    def _draw(self, logits, ids, history, sampling: SamplingParams, rng):
+        """One draft token from a row of logits -> (token (1,), q padded to the target's
+        vocabulary or None when greedy)."""
+        if ids is not None and sampling.processors:
+            # history-dependent processors index logits by token id: give them the full row
+            full = mx.full((1, self.target_vocab), -mx.inf, dtype=logits.dtype)
+            logits, ids = mx.put_along_axis(full, ids[None], logits, axis=-1), None
+        if ids is None:
+            logits = apply_processors(sampling.processors, history, logits[:, : self.target_vocab])
         if sampling.greedy:
-            return logits, None
+            choice = mx.argmax(logits, axis=-1)
+            return (choice if ids is None else ids[choice]).astype(mx.int32), None
         q = probabilities(logits, sampling)
+        key = mx.random.key(int(rng.integers(2**31)))
+        choice = mx.random.categorical(mx.log(q), key=key)
+        if ids is not None:  # q over the subset, zero elsewhere
+            full = mx.zeros((1, self.target_vocab), dtype=q.dtype)
+            return ids[choice].astype(mx.int32), mx.put_along_axis(full, ids[None], q, axis=-1)
         pad = self.target_vocab - q.shape[-1]
         if pad > 0:  # ids the draft does not have get probability 0
             q = mx.concatenate([q, mx.zeros((1, pad), q.dtype)], axis=-1)
-        return logits, q
+        return choice.astype(mx.int32), q
 
     def propose(self, context, k, sampling, rng):
         pending = context[len(self.seen) :]
         history = mx.array(context) if sampling.processors else None
-        logits = self.model(mx.array(pending)[None], cache=self.cache)[:, -1, :]
+        logits, ids = self._forward(mx.array(pending))
         tokens, qs = [], []
         for i in range(k):
-            row, q = self._distribution(logits, history, sampling)
-            if q is None:
-                token = mx.argmax(row, axis=-1)
-            else:
-                key = mx.random.key(int(rng.integers(2**31)))
-                token = mx.random.categorical(mx.log(q), key=key)
+            token, q = self._draw(logits, ids, history, sampling, rng)
+            if q is not None:
                 qs.append(q)
-            token = token.astype(mx.int32)
             mx.async_eval(token)
             tokens.append(token)
             if i + 1 < k:
                 if history is not None:
                     history = mx.concatenate([history, token])
-                logits = self.model(token[None], cache=self.cache)[:, -1, :]
+                logits, ids = self._forward(token)
         self._inflight = (pending, k)
         return Proposal(
             tokens=mx.concatenate(tokens),
@@ -143,6 +162,8 @@ class DraftModelProposer:
         )
 
     def observe(self, proposal, n_accepted, committed):
+        if self.head is not None:
+            self.head.observe(committed)
         if proposal is None or proposal.source != self.name or self._inflight is None:
             return  # committed tokens stay pending until the next proposal feeds them
         pending, k = self._inflight

@@ -19,6 +19,7 @@ from conftest import ByteTokenizer, random_llama
 import mlx_spec.decode as decode
 from mlx_spec.acceptance import accept_sampled, leading_accepts, sample_from_weights
 from mlx_spec.decode import Engine
+from mlx_spec.draft_head import SubsetHead
 from mlx_spec.policy import FixedK
 from mlx_spec.proposers import DraftModelProposer, NgramProposer
 from mlx_spec.sampling import SamplingParams, probabilities
@@ -53,9 +54,11 @@ def exact_distribution(target, sampling) -> dict[tuple[int, ...], float]:
     return probs
 
 
-def empirical_counts(engine, sampling_for_seed) -> dict[tuple[int, ...], int]:
+def empirical_counts(engine, sampling_for_seed, fresh: bool = False) -> dict[tuple[int, ...], int]:
     counts: dict[tuple[int, ...], int] = {}
     for seed in range(RUNS):
+        if fresh:
+            engine.reset()
         tokens = []
         for step in engine.decode(PROMPT, sampling=sampling_for_seed(seed), max_tokens=LENGTH):
             tokens += step.tokens
@@ -92,9 +95,13 @@ SETTINGS = {
 }
 
 
+SUBSET = [0, 1, 2, 4, 6]  # the prompt's tokens and two more: 3, 5 and 7 are never drafted
+
+
 def make_engine(target, draft, proposer: str, k: int):
     proposers = {
         "draft": [DraftModelProposer(draft, VOCAB)] if draft is not None else [],
+        "subset": [DraftModelProposer(draft, VOCAB, SubsetHead.build(draft, SUBSET))],
         "ngram": [NgramProposer(max_n=2, min_n=1)],
         "plain": [],
     }[proposer]
@@ -103,13 +110,15 @@ def make_engine(target, draft, proposer: str, k: int):
 
 @pytest.mark.parametrize(
     "proposer,k,setting",
-    [("draft", 2, "t1"), ("draft", 3, "t0.7-top_p"), ("draft", 2, "top_k-min_p"), ("ngram", 3, "t1"), ("plain", 0, "t1")],
+    [("draft", 2, "t1"), ("draft", 3, "t0.7-top_p"), ("draft", 2, "top_k-min_p"), ("ngram", 3, "t1"),
+     ("plain", 0, "t1"), ("subset", 3, "t1")],
 )
 def test_sampled_output_follows_target_distribution(target, draft, proposer, k, setting):
     params = SETTINGS[setting]
     exact = exact_distribution(target, SamplingParams(**params))
     engine = make_engine(target, draft, proposer, k)
-    counts = empirical_counts(engine, lambda seed: SamplingParams(seed=seed, **params))
+    # a subset head learns tokens as they are committed: start every run from its base subset
+    counts = empirical_counts(engine, lambda seed: SamplingParams(seed=seed, **params), fresh=proposer == "subset")
     stat, dof = chi_square(counts, exact)
     assert stat < bound(dof), f"chi-square {stat:.1f} with {dof} dof"
 
