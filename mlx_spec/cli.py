@@ -157,7 +157,7 @@ SystemOpt = Annotated[Optional[str], typer.Option(
 
 
 def _check_options(*, max_tokens, temp, top_p, top_k, min_p, repetition_penalty,
-                   k=None, adaptive=False, k_max=8, no_draft=False, draft=None, pair=None,
+                   k=None, adaptive=False, k_max=15, no_draft=False, draft=None, pair=None,
                    target=None) -> None:
     """Reject bad values before anything loads (loading a 7B model takes a while)."""
     def bad(message: str, hint: str) -> None:
@@ -234,7 +234,7 @@ def _stderr_console():
 def chat(
     pair: PairOpt = None, target: TargetOpt = None, draft: DraftOpt = None,
     no_draft: NoDraftOpt = False, dtype: DtypeOpt = None,
-    k: KOpt = None, adaptive: AdaptiveOpt = False, k_max: KMaxOpt = 8,
+    k: KOpt = None, adaptive: AdaptiveOpt = False, k_max: KMaxOpt = 15,
     temp: TempOpt = 0.7, top_p: TopPOpt = 1.0, top_k: TopKOpt = 0, min_p: MinPOpt = 0.0,
     seed: SeedOpt = None, repetition_penalty: RepOpt = None, system: SystemOpt = None,
     max_tokens: Annotated[int, typer.Option(
@@ -276,7 +276,7 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="The prompt, or - to read it from stdin.")],
     pair: PairOpt = None, target: TargetOpt = None, draft: DraftOpt = None,
     no_draft: NoDraftOpt = False, dtype: DtypeOpt = None,
-    k: KOpt = None, adaptive: AdaptiveOpt = False, k_max: KMaxOpt = 8,
+    k: KOpt = None, adaptive: AdaptiveOpt = False, k_max: KMaxOpt = 15,
     chat_template: Annotated[Optional[bool], typer.Option(
         "--chat/--raw", help="Wrap the prompt in the target's chat template (default when it "
         "has one) or send the text as-is.", rich_help_panel=S)] = None,

@@ -36,6 +36,20 @@ class Step:
     stats: Stats
 
 
+def shadow_outcome(tokens: list[int], committed: list[int]) -> tuple[int, int]:
+    """(k, n) a shadow proposal would have scored against the round's committed tokens.
+
+    The committed tokens are the target's own choices, so a proposed token matching them is
+    one the round would have accepted: greedy, exactly; sampling, with probability p(x), the
+    one-hot acceptance. Positions past the committed tokens are unknown and not counted.
+    """
+    k = min(len(tokens), len(committed))
+    n = 0
+    while n < k and tokens[n] == committed[n]:
+        n += 1
+    return k, n
+
+
 def host_sync(values: mx.array) -> list[int]:
     """The one place a round waits for the device."""
     return values.tolist()
@@ -91,18 +105,36 @@ class Engine:
             proposer.prefill(self.context)
         return len(prompt) - keep
 
-    def _propose(self, sampling, rng, k_limit: int) -> Proposal | None:
-        # The source with the best expected rate goes first; a free one (n-gram) that finds
-        # nothing costs nothing and the next one proposes instead.
-        plans = [(self.policy.plan(p.name), p) for p in self.proposers]
-        plans.sort(key=lambda plan: -plan[0][1])
-        for (k, _), proposer in plans:
-            k = min(k, k_limit)
+    def _propose(self, sampling, rng, k_limit: int) -> tuple[Proposal | None, list[Proposal]]:
+        """The round's proposal, and the free proposals that lost to it.
+
+        Free sources (n-gram lookup) are asked first, for up to k_max tokens; then every
+        source is ranked by the policy's expected rate (free ones by what they found) and the
+        best one with k > 0 proposes. Free proposals that lost are scored after the round
+        anyway (shadowed), so their acceptance keeps being learned while another source
+        proposes; otherwise a source that fell behind once would never be tried again.
+        """
+        if k_limit <= 0:
+            return None, []
+        offers = []  # (expected rate, k, proposer, what a free proposer found)
+        for proposer in self.proposers:
+            found = None
+            if proposer.free:
+                found = proposer.propose(self.context, self.policy.k_max, sampling, rng)
+                if found is None:
+                    continue
+            k, rate = self.policy.plan(found.key if found else proposer.name)
+            offers.append((rate, min(k, k_limit), proposer, found))
+        offers.sort(key=lambda offer: -offer[0])  # stable: equal rates keep the proposers' order
+        chosen, winner = None, None
+        for _, k, proposer, found in offers:
             if k > 0:
-                proposal = proposer.propose(self.context, k, sampling, rng)
-                if proposal is not None:
-                    return proposal
-        return None
+                chosen = found.truncated(k) if found else proposer.propose(self.context, k, sampling, rng)
+                if chosen is not None:
+                    winner = found
+                    break
+        shadows = [found for _, _, _, found in offers if found is not None and found is not winner]
+        return chosen, shadows
 
     def _verify(self, proposal: Proposal | None, sampling: SamplingParams, rng) -> mx.array:
         """Lazy graph: target forward on [last, drafts], acceptance -> [n, extra, drafts...]."""
@@ -159,7 +191,7 @@ class Engine:
         start = time.perf_counter()
         while finish is None:
             t0 = time.perf_counter()
-            proposal = self._propose(sampling, rng, max_tokens - generated - 1)
+            proposal, shadows = self._propose(sampling, rng, max_tokens - generated - 1)
             t1 = time.perf_counter()
             values = host_sync(self._verify(proposal, sampling, rng))
             t2 = time.perf_counter()
@@ -196,7 +228,9 @@ class Engine:
                 proposer.observe(proposal, n_accepted, committed)
             k = proposal.k if proposal else 0
             if proposal is not None:
-                self.policy.update(proposal.source, k, n)
+                self.policy.update(proposal.key, k, n)
+            for shadow in shadows:
+                self.policy.update(shadow.key, *shadow_outcome(shadow.host, committed))
             stats.record_round(proposal.source if proposal else None, k, n_accepted, len(committed))
             t3 = time.perf_counter()
             stats.draft_time += t1 - t0

@@ -68,7 +68,7 @@ class Pair:
     draft: object | None = None
     ngram: bool = False
     k: int | None = None  # None: adaptive
-    k_max: int = 8
+    k_max: int = 15
     target_name: str = "target"
     draft_name: str | None = None
     target_bytes: int = 0
@@ -203,7 +203,7 @@ def load_pair(
     *,
     ngram: bool | None = None,
     k: int | None = None,
-    k_max: int = 8,
+    k_max: int = 15,
     dtype: str | None = None,
     use_kernel: bool | None = None,
 ) -> Pair:

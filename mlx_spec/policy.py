@@ -40,7 +40,7 @@ class FixedK:
     def __init__(self, k: int):
         if k < 0:
             raise SpecError(f"k must be >= 0, got {k}", "use --k 4, or --adaptive")
-        self.k = k
+        self.k = self.k_max = k
 
     def choose(self, source: str) -> int:
         return self.k
@@ -73,10 +73,14 @@ class AdaptiveK:
     """
 
     def __init__(self, costs: Costs, k_max: int = 8, prior: float = 0.9, decay: float = 0.85,
-                 probe_every: int = 16, free_sources: tuple[str, ...] = ("ngram",)):
+                 probe_every: int = 16, free_sources: tuple[str, ...] = ("ngram",),
+                 free_prior: float = 0.5):
+        # a source key is "name" or "name:detail" (the n-gram's matched length)
         self.costs, self.k_max, self.decay, self.probe_every = costs, k_max, decay, probe_every
         self.free_sources = free_sources
-        self.prior = prior
+        # A free source is scored every round even when it loses (shadowed), so it can start
+        # pessimistic and earn its place; a paid one has to be tried to be learned.
+        self.prior, self.free_prior = prior, free_prior
         self.counts: dict[str, list[list[float]]] = {}  # source -> per position [accepts, rejects]
         self.idle: dict[str, int] = {}
 
@@ -88,11 +92,14 @@ class AdaptiveK:
     def alphas(self, source: str) -> list[float]:
         # Each position's prior (worth two trials) is the estimate of the position before it,
         # so positions the policy has not tried yet inherit what it knows, not a fixed guess.
-        result, prior = [], self.prior
+        result, prior = [], self.free_prior if self._free(source) else self.prior
         for s, f in self.counts.get(source) or [[0.0, 0.0]] * self.k_max:
             prior = (s + 2 * prior) / (s + f + 2)
             result.append(prior)
         return result
+
+    def _free(self, source: str) -> bool:
+        return source.split(":")[0] in self.free_sources
 
     def alpha(self, source: str) -> float:
         """Acceptance of the first drafted position."""
@@ -107,7 +114,7 @@ class AdaptiveK:
 
     def rate(self, source: str, k: int) -> float:
         """Expected tokens per second of a round proposing k tokens from `source`."""
-        step = 0.0 if source in self.free_sources else None
+        step = 0.0 if self._free(source) else None
         return self.expected(source, k) / self.costs.round_cost(k, step)
 
     def plan(self, source: str) -> tuple[int, float]:
@@ -160,7 +167,7 @@ def _forward_costs(model, token_counts, context: int, repeats: int) -> dict[int,
 
 
 def calibrate(target, draft=None, k_max: int = 8, context: int = 128, repeats: int = 3) -> Costs:
-    """Measure the target's forward cost for T = 1 .. k_max+1 tokens (and a few larger sizes)
+    """Measure the target's forward cost for T = 1 .. 2(k_max+1) tokens (a ladder of sizes)
     and the draft's step.
 
     t_verify(k) is the cheapest forward of at least k+1 tokens: a BLAS may be faster at some
@@ -168,8 +175,10 @@ def calibrate(target, draft=None, k_max: int = 8, context: int = 128, repeats: i
     tokens whose outputs are ignored is free of side effects (causal attention; the cache is
     trimmed after the round). `verify_tokens[k]` records the T to feed.
     """
-    # every k+1, plus the sizes BLAS libraries tend to favour (multiples of 8) a little above
-    sizes = sorted(set(range(1, k_max + 2)) | {t for t in (8, 16, 24, 32) if t <= 2 * (k_max + 1)})
+    # Token counts to measure: a sparse ladder up to 2(k_max+1) (the BLAS may favour a larger
+    # size); a k whose k+1 is not on it is verified padded to the cheapest measured size above.
+    ladder = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+    sizes = sorted({t for t in ladder if t <= 2 * (k_max + 1)} | {k_max + 1})
     measured = _forward_costs(target, sizes, context, repeats)
     verify, verify_tokens = [], []
     for k in range(k_max + 1):

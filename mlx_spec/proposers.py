@@ -23,19 +23,34 @@ PREFILL_CHUNK = 512
 
 @dataclass
 class Proposal:
-    """k proposed tokens; q their draft distributions (k, V_target), None for one-hot."""
+    """k proposed tokens; q their draft distributions (k, V_target), None for one-hot.
+    `key` names the kind of proposal whose acceptance the policy tracks (default: source);
+    `host` holds the tokens as a list when they were found on the host (n-gram)."""
 
     tokens: mx.array
     q: mx.array | None
     source: str
+    key: str | None = None
+    host: list[int] | None = None
+
+    def __post_init__(self):
+        self.key = self.key or self.source
 
     @property
     def k(self) -> int:
         return self.tokens.shape[0]
 
+    def truncated(self, k: int) -> "Proposal":
+        if k >= self.k:
+            return self
+        q = self.q[:k] if self.q is not None else None
+        host = self.host[:k] if self.host is not None else None
+        return Proposal(self.tokens[:k], q, self.source, self.key, host)
+
 
 class Proposer(Protocol):
     name: str
+    free: bool  # proposing costs (next to) nothing: it is asked every round, up to k_max tokens
 
     def prefill(self, context: list[int]) -> None:
         """Get ready to propose after `context` (called before rounds start; may sync)."""
@@ -81,6 +96,7 @@ class DraftModelProposer:
     """A small model of the same tokenizer drafts k tokens autoregressively."""
 
     name = "draft"
+    free = False
 
     def __init__(self, model, target_vocab: int, head=None):
         self.model = model
@@ -180,6 +196,7 @@ class NgramProposer:
     the context, and propose what followed it there."""
 
     name = "ngram"
+    free = True
 
     def __init__(self, max_n: int = 4, min_n: int = 2):
         if not 1 <= min_n <= max_n:
@@ -206,19 +223,25 @@ class NgramProposer:
                 self.index[tuple(context[start - n : start])] = start
         self.indexed = list(context)
 
-    def lookup(self, context: list[int], k: int) -> list[int]:
+    def match(self, context: list[int], k: int) -> tuple[list[int], int]:
+        """(up to k tokens that followed the longest matching suffix, that suffix's length)."""
         self._extend(context)
         for n in range(min(self.max_n, len(context)), self.min_n - 1, -1):
             start = self.index.get(tuple(context[-n:]))
             if start is not None:
-                return context[start : start + k]
-        return []
+                return context[start : start + k], n
+        return [], 0
+
+    def lookup(self, context: list[int], k: int) -> list[int]:
+        return self.match(context, k)[0]
 
     def propose(self, context, k, sampling, rng):
-        found = self.lookup(context, k) if k > 0 else []
+        found, n = self.match(context, k) if k > 0 else ([], 0)
         if not found:
             return None
-        return Proposal(tokens=mx.array(found, dtype=mx.int32), q=None, source=self.name)
+        # a longer matched suffix predicts better: the policy tracks each length on its own
+        return Proposal(tokens=mx.array(found, dtype=mx.int32), q=None, source=self.name,
+                        key=f"{self.name}:{n}", host=found)
 
     def observe(self, proposal, n_accepted, committed):
         pass  # the index catches up with the context at the next lookup
