@@ -116,24 +116,34 @@ class Engine:
         """
         if k_limit <= 0:
             return None, []
-        offers = []  # (expected rate, k, proposer, what a free proposer found)
+        offers = []  # (expected rate, k, make the proposal, what a free proposer found)
+        found_free = []
         for proposer in self.proposers:
-            found = None
             if proposer.free:
                 found = proposer.propose(self.context, self.policy.k_max, sampling, rng)
-                if found is None:
-                    continue
-            k, rate = self.policy.plan(found.key if found else proposer.name)
-            offers.append((rate, min(k, k_limit), proposer, found))
+                if found is not None:
+                    found_free.append(found)
+                    k, rate = self.policy.plan(found.key)
+                    offers.append((rate, min(k, k_limit), lambda k, f=found: f.truncated(k), found))
+            else:
+                k, rate = self.policy.plan(proposer.name)
+                offers.append((rate, min(k, k_limit), lambda k, p=proposer: p.propose(self.context, k, sampling, rng), None))
+        for proposer in self.proposers:  # a draft model checking a free guess in one forward
+            along = getattr(proposer, "propose_along", None)
+            for found in found_free if along else ():
+                key = f"{proposer.name}+{found.key}"
+                k, rate = self.policy.plan(key)
+                offers.append((rate, min(k, k_limit), lambda k, a=along, f=found, key=key:
+                               a(self.context, f.host[: k - 1], sampling, rng, key), None))
         offers.sort(key=lambda offer: -offer[0])  # stable: equal rates keep the proposers' order
         chosen, winner = None, None
-        for _, k, proposer, found in offers:
+        for _, k, make, found in offers:
             if k > 0:
-                chosen = found.truncated(k) if found else proposer.propose(self.context, k, sampling, rng)
+                chosen = make(k)
                 if chosen is not None:
                     winner = found
                     break
-        shadows = [found for _, _, _, found in offers if found is not None and found is not winner]
+        shadows = [found for found in found_free if found is not winner]
         return chosen, shadows
 
     def _verify(self, proposal: Proposal | None, sampling: SamplingParams, rng) -> mx.array:

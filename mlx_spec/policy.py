@@ -28,6 +28,7 @@ class Costs:
     draft_step: float
     verify: list[float]
     verify_tokens: list[int] | None = None  # tokens to feed when verifying k (>= k+1)
+    draft_batch: float | None = None  # one draft forward over k_max+1 tokens (a guessed path)
 
     def round_cost(self, k: int, draft_step: float | None = None) -> float:
         step = self.draft_step if draft_step is None else draft_step
@@ -75,7 +76,8 @@ class AdaptiveK:
     def __init__(self, costs: Costs, k_max: int = 8, prior: float = 0.9, decay: float = 0.85,
                  probe_every: int = 16, free_sources: tuple[str, ...] = ("ngram",),
                  free_prior: float = 0.5):
-        # a source key is "name" or "name:detail" (the n-gram's matched length)
+        # a source key is "name", "name:detail" (the n-gram's matched length), or
+        # "draft+ngram:n" (the draft checking an n-gram's guess)
         self.costs, self.k_max, self.decay, self.probe_every = costs, k_max, decay, probe_every
         self.free_sources = free_sources
         # A free source is scored every round even when it loses (shadowed), so it can start
@@ -114,8 +116,13 @@ class AdaptiveK:
 
     def rate(self, source: str, k: int) -> float:
         """Expected tokens per second of a round proposing k tokens from `source`."""
-        step = 0.0 if self._free(source) else None
-        return self.expected(source, k) / self.costs.round_cost(k, step)
+        if self._free(source):
+            cost = self.costs.round_cost(k, 0.0)
+        elif "+" in source:  # a draft checking a free guess: one batched draft forward
+            cost = self.costs.round_cost(k, 0.0) + (self.costs.draft_batch or 2 * self.costs.draft_step)
+        else:
+            cost = self.costs.round_cost(k)
+        return self.expected(source, k) / cost
 
     def plan(self, source: str) -> tuple[int, float]:
         """The best k for `source` and its expected rate (a k = 0 winner is probed with
@@ -185,8 +192,11 @@ def calibrate(target, draft=None, k_max: int = 8, context: int = 128, repeats: i
         best = min((t for t in sizes if t >= k + 1), key=lambda t: (measured[t], t))
         verify.append(measured[best])
         verify_tokens.append(best)
-    draft_step = _forward_costs(draft, [1], context, repeats)[1] if draft is not None else 0.0
-    return Costs(draft_step=draft_step, verify=verify, verify_tokens=verify_tokens)
+    draft_step, draft_batch = 0.0, None
+    if draft is not None:
+        drafted = _forward_costs(draft, [1, k_max + 1], context, repeats)
+        draft_step, draft_batch = drafted[1], drafted[k_max + 1]
+    return Costs(draft_step=draft_step, verify=verify, verify_tokens=verify_tokens, draft_batch=draft_batch)
 
 
 def calibration_path() -> Path:
@@ -202,7 +212,9 @@ def cached_calibration(key: str, target, draft=None, k_max: int = 8) -> Costs:
     except (OSError, ValueError):
         table = {}
     entry = table.get(key)
-    if entry and len(entry.get("verify", [])) > k_max and entry.get("verify_tokens"):
+    if entry and len(entry.get("verify", [])) > k_max and entry.get("verify_tokens") and (
+        draft is None or entry.get("draft_batch") is not None
+    ):
         return Costs(**entry)
     costs = calibrate(target, draft, k_max=k_max)
     table[key] = asdict(costs)

@@ -109,7 +109,8 @@ class DraftModelProposer:
         self.target_vocab = target_vocab
         self.head = head  # a SubsetHead: score only part of the vocabulary (None: all of it)
         self.seen: list[int] = []  # tokens held in the draft cache
-        self._inflight: tuple[list[int], int] | None = None  # (tokens fed, k) of the last proposal
+        # what the last proposal fed the draft: (pending tokens, guessed path or None, k)
+        self._inflight: tuple[list[int], list[int] | None, int] | None = None
 
     def prefill(self, context: list[int]) -> None:
         keep = min(common_prefix(self.seen, context), len(context) - 1, cache_length(self.cache))
@@ -125,12 +126,13 @@ class DraftModelProposer:
         if self.head is not None:
             self.head.reset()
 
-    def _forward(self, tokens: mx.array) -> tuple[mx.array, mx.array | None]:
-        """Last-row draft logits and the ids of their columns (None: ids 0..V-1)."""
+    def _forward(self, tokens: mx.array, rows: int = 1) -> tuple[mx.array, mx.array | None]:
+        """Draft logits of the last `rows` positions (rows, V') and the ids of their columns
+        (None: ids 0..V-1)."""
         head = self.head if self.head is not None and self.head.active else None
         if head is None:
-            return self.model(tokens[None], cache=self.cache)[:, -1, :], None
-        return head.logits(self.model.model(tokens[None], cache=self.cache)[:, -1, :]), head.ids
+            return self.model(tokens[None], cache=self.cache)[0, -rows:, :], None
+        return head.logits(self.model.model(tokens[None], cache=self.cache)[0, -rows:, :]), head.ids
 
     def _draw(self, logits, ids, history, sampling: SamplingParams, rng):
         """One draft token from a row of logits -> (token (1,), q padded to the target's
@@ -170,23 +172,50 @@ class DraftModelProposer:
                 if history is not None:
                     history = mx.concatenate([history, token])
                 logits, ids = self._forward(token)
-        self._inflight = (pending, k)
+        self._inflight = (pending, None, k)
         return Proposal(
             tokens=mx.concatenate(tokens),
             q=mx.concatenate(qs) if qs else None,
             source=self.name,
         )
 
+    def propose_along(self, context, path: list[int], sampling, rng, key: str) -> Proposal:
+        """len(path)+1 draft tokens from ONE forward over a guessed continuation (an n-gram's).
+
+        Token i is the draft's choice after context + path[:i]: where the guess is right the
+        draft confirms it, where it is wrong (a renamed word in copied code) the draft's own
+        token replaces it, and the guess goes on after it. Lossless: each token is drawn from
+        q_i, a distribution fixed by the context and the guess, and q_i is what acceptance sees.
+        """
+        pending = context[len(self.seen) :]
+        rows, ids = self._forward(mx.array(pending + path), rows=len(path) + 1)
+        tokens, qs = [], []
+        for i in range(len(path) + 1):
+            history = mx.array(context + path[:i]) if sampling.processors else None
+            token, q = self._draw(rows[i : i + 1], ids, history, sampling, rng)
+            tokens.append(token)
+            if q is not None:
+                qs.append(q)
+        self._inflight = (pending, list(path), len(path) + 1)
+        return Proposal(
+            tokens=mx.concatenate(tokens),
+            q=mx.concatenate(qs) if qs else None,
+            source=f"{self.name}+path",
+            key=key,
+        )
+
     def observe(self, proposal, n_accepted, committed):
         if self.head is not None:
             self.head.observe(committed)
-        if proposal is None or proposal.source != self.name or self._inflight is None:
+        if proposal is None or self._inflight is None:
             return  # committed tokens stay pending until the next proposal feeds them
-        pending, k = self._inflight
+        pending, path, k = self._inflight
         self._inflight = None
-        # The draft processed pending + d_1..d_{k-1}. Keep the accepted ones, but always leave
-        # the newest committed token unprocessed: its logits start the next proposal.
-        kept = min(n_accepted, len(committed) - 1, k - 1)
+        # The draft processed pending + d_1..d_{k-1} (or pending + the guessed path). Keep what
+        # the committed tokens confirm, but always leave the newest committed token
+        # unprocessed: its logits start the next proposal.
+        confirmed = n_accepted if path is None else common_prefix(path, committed)
+        kept = min(confirmed, len(committed) - 1, k - 1)
         self.seen += pending + committed[:kept]
         rollback(self.cache, len(self.seen))
 
