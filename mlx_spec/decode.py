@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import mlx.core as mx
 import numpy as np
@@ -23,6 +23,16 @@ from mlx_spec.proposers import Proposal, Proposer, cache_length, common_prefix, 
 from mlx_spec.sampling import SamplingParams, apply_processors, probabilities
 from mlx_spec.stats import Stats
 from mlx_spec.text import StopText, TextStream
+
+
+class Offer(NamedTuple):
+    """A way to propose this round: its expected rate, its k, how to make the proposal, and
+    the free guess it is (None for a paid source)."""
+
+    rate: float
+    k: int
+    make: Callable[[int], "Proposal | None"]
+    guess: "Proposal | None" = None
 
 
 @dataclass
@@ -108,43 +118,42 @@ class Engine:
     def _propose(self, sampling, rng, k_limit: int) -> tuple[Proposal | None, list[Proposal]]:
         """The round's proposal, and the free proposals that lost to it.
 
-        Free sources (n-gram lookup) are asked first, for up to k_max tokens; then every
-        source is ranked by the policy's expected rate (free ones by what they found) and the
-        best one with k > 0 proposes. Free proposals that lost are scored after the round
+        Free sources (n-gram lookup) are asked first, for up to k_max tokens. The offers are
+        each source alone and a draft model checking each free guess in one forward
+        ("draft+ngram:n"); the policy ranks them by expected rate and the best one with k > 0
+        proposes. Free proposals that lost are scored after the round
         anyway (shadowed), so their acceptance keeps being learned while another source
         proposes; otherwise a source that fell behind once would never be tried again.
         """
         if k_limit <= 0:
             return None, []
-        offers = []  # (expected rate, k, make the proposal, what a free proposer found)
-        found_free = []
+        offers: list[Offer] = []
+        guesses = []  # what the free sources found this round
         for proposer in self.proposers:
             if proposer.free:
-                found = proposer.propose(self.context, self.policy.k_max, sampling, rng)
-                if found is not None:
-                    found_free.append(found)
-                    k, rate = self.policy.plan(found.key)
-                    offers.append((rate, min(k, k_limit), lambda k, f=found: f.truncated(k), found))
+                guess = proposer.propose(self.context, self.policy.k_max, sampling, rng)
+                if guess is not None:
+                    guesses.append(guess)
+                    offers.append(self._offer(guess.key, k_limit, lambda k, g=guess: g.truncated(k), guess))
             else:
-                k, rate = self.policy.plan(proposer.name)
-                offers.append((rate, min(k, k_limit), lambda k, p=proposer: p.propose(self.context, k, sampling, rng), None))
+                offers.append(self._offer(proposer.name, k_limit,
+                                          lambda k, p=proposer: p.propose(self.context, k, sampling, rng)))
         for proposer in self.proposers:  # a draft model checking a free guess in one forward
             along = getattr(proposer, "propose_along", None)
-            for found in found_free if along else ():
-                key = f"{proposer.name}+{found.key}"
-                k, rate = self.policy.plan(key)
-                offers.append((rate, min(k, k_limit), lambda k, a=along, f=found, key=key:
-                               a(self.context, f.host[: k - 1], sampling, rng, key), None))
-        offers.sort(key=lambda offer: -offer[0])  # stable: equal rates keep the proposers' order
-        chosen, winner = None, None
-        for _, k, make, found in offers:
-            if k > 0:
-                chosen = make(k)
-                if chosen is not None:
-                    winner = found
-                    break
-        shadows = [found for found in found_free if found is not winner]
-        return chosen, shadows
+            for guess in guesses if along else ():
+                key = f"{proposer.name}+{guess.key}"
+                offers.append(self._offer(key, k_limit, lambda k, a=along, g=guess, key=key:
+                                          a(self.context, g.host[: k - 1], sampling, rng, key)))
+        offers.sort(key=lambda offer: -offer.rate)  # stable: equal rates keep the proposers' order
+        for offer in offers:
+            proposal = offer.make(offer.k) if offer.k > 0 else None
+            if proposal is not None:
+                return proposal, [g for g in guesses if g is not offer.guess]
+        return None, guesses
+
+    def _offer(self, key: str, k_limit: int, make, guess: Proposal | None = None) -> "Offer":
+        k, rate = self.policy.plan(key)
+        return Offer(rate, min(k, k_limit), make, guess)
 
     def _verify(self, proposal: Proposal | None, sampling: SamplingParams, rng) -> mx.array:
         """Lazy graph: target forward on [last, drafts], acceptance -> [n, extra, drafts...]."""

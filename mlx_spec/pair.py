@@ -206,12 +206,14 @@ def load_pair(
     k_max: int = 15,
     dtype: str | None = None,
     use_kernel: bool | None = None,
+    subset_vocab: bool = True,
 ) -> Pair:
     """Load a pair once. `target` is a pair name from models.toml, a local directory or a
     Hugging Face repo id. `draft`: None (the pair's draft, or plain decoding for a bare
     target), a reference, "ngram" (draft-free), or "none". `ngram` adds n-gram proposals
     beside the draft model (None: on when k adapts, which ranks the two by expected rate).
-    `k`: fixed draft length; None adapts it."""
+    `k`: fixed draft length; None adapts it. `subset_vocab`: the draft scores only plain-text
+    tokens and the conversation's own (a cheaper output layer; lossless either way)."""
     from mlx_spec.loading import load_model
     from mlx_spec.registry import load_registry
 
@@ -246,4 +248,5 @@ def load_pair(
         target_bytes=loaded_target.nbytes,
         draft_bytes=loaded_draft.nbytes if loaded_draft else 0,
         use_kernel=use_kernel,
+        subset_vocab=subset_vocab,
     )

@@ -90,3 +90,23 @@ def test_reset_returns_to_the_prior():
     policy.reset()
     assert policy.alpha("draft") == pytest.approx(0.9)
     assert policy.choose("draft") == fresh
+
+
+def test_free_sources_start_pessimistic_and_earn_their_place():
+    policy = AdaptiveK(CHEAP_VERIFY)
+    assert policy.alpha("ngram:4") == policy.free_prior < policy.alpha("draft") == policy.prior
+    for _ in range(6):
+        policy.update("ngram:4", 8, 8)  # shadow-scored guesses that were right
+    assert policy.alpha("ngram:4") > 0.8
+    assert policy.alpha("ngram:2") == policy.free_prior  # each matched length learns on its own
+
+
+def test_a_draft_checking_a_guess_is_priced_as_one_batched_forward():
+    costs = Costs(draft_step=0.3, verify=[1.0] + [1.4] * 15, draft_batch=0.6)
+    policy = AdaptiveK(costs, k_max=15)
+    for source in ("draft", "draft+ngram:4"):
+        for _ in range(10):
+            policy.update(source, 15, 15)
+    # same acceptance, but 15 draft steps cost 4.5 and one batched forward 0.6
+    assert policy.rate("draft+ngram:4", 15) == pytest.approx(policy.expected("draft", 15) / (1.4 + 0.6))
+    assert policy.rate("draft+ngram:4", 15) > 2 * policy.rate("draft", 15)
