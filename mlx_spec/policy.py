@@ -92,13 +92,22 @@ class AdaptiveK:
         self.idle.clear()
 
     def alphas(self, source: str) -> list[float]:
+        counts = self.counts.get(source) or [[0.0, 0.0]] * self.k_max
+        if "+" in source:  # a draft checking a guess: its priors are the draft's
+            priors = self._checked_guess_priors(source)
+            return [(s + 2 * prior) / (s + f + 2) for (s, f), prior in zip(counts, priors)]
         # Each position's prior (worth two trials) is the estimate of the position before it,
         # so positions the policy has not tried yet inherit what it knows, not a fixed guess.
         result, prior = [], self.free_prior if self._free(source) else self.prior
-        for s, f in self.counts.get(source) or [[0.0, 0.0]] * self.k_max:
+        for s, f in counts:
             prior = (s + 2 * prior) / (s + f + 2)
             result.append(prior)
         return result
+
+    def _checked_guess_priors(self, source: str) -> list[float]:
+        """Until it has shown its own, a draft checking a guess is expected to do as well as
+        the draft alone: where the guess is wrong, the draft's token still replaces it."""
+        return self.alphas(source.split("+", 1)[0])
 
     def _free(self, source: str) -> bool:
         return source.split(":")[0] in self.free_sources

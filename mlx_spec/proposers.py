@@ -197,8 +197,10 @@ class DraftModelProposer:
             if q is not None:
                 qs.append(q)
         self._inflight = (pending, list(path), len(path) + 1)
+        tokens = mx.concatenate(tokens)
+        mx.async_eval(tokens)  # the device starts on the draft while the verification is built
         return Proposal(
-            tokens=mx.concatenate(tokens),
+            tokens=tokens,
             q=mx.concatenate(qs) if qs else None,
             source=f"{self.name}+path",
             key=key,

@@ -107,6 +107,18 @@ def test_a_draft_checking_a_guess_is_priced_as_one_batched_forward():
     for source in ("draft", "draft+ngram:4"):
         for _ in range(10):
             policy.update(source, 15, 15)
+        policy.update("ngram:4", 15, 15)
     # same acceptance, but 15 draft steps cost 4.5 and one batched forward 0.6
-    assert policy.rate("draft+ngram:4", 15) == pytest.approx(policy.expected("draft", 15) / (1.4 + 0.6))
+    assert policy.rate("draft+ngram:4", 15) == pytest.approx(policy.expected("draft+ngram:4", 15) / (1.4 + 0.6))
+    assert policy.expected("draft+ngram:4", 15) == pytest.approx(policy.expected("draft", 15), rel=0.05)
     assert policy.rate("draft+ngram:4", 15) > 2 * policy.rate("draft", 15)
+
+
+def test_a_draft_checking_a_guess_starts_from_the_drafts_acceptance_and_learns_its_own():
+    policy = AdaptiveK(CHEAP_VERIFY, k_max=8)
+    for _ in range(10):
+        policy.update("draft", 8, 8)  # the draft agrees with the target
+    assert policy.alphas("draft+ngram:2") == pytest.approx(policy.alphas("draft"))
+    for _ in range(8):
+        policy.update("draft+ngram:2", 8, 1)  # ... but following this guess it does not
+    assert policy.alphas("draft+ngram:2")[1] < 0.3 < 0.9 < policy.alphas("draft")[1]
