@@ -73,6 +73,13 @@ def test_result_files_round_trip_and_compare(result, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_summary_table_shows_the_worst_prompt_beside_the_median(result):
+    table = summary_markdown(result)
+    assert "| speed-up | worst prompt |" in table
+    worst = result["summary"]["0.0"]["code"]["mlx-spec k=3"]["min_speedup"]
+    assert "| mlx-spec k=3 | " in table and f"{worst:.2f}×" in table
+
+
 def test_a_foreign_json_is_refused(tmp_path):
     path = tmp_path / "x.json"
     path.write_text(json.dumps({"hello": 1}))
