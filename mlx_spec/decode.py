@@ -53,11 +53,7 @@ def shadow_outcome(tokens: list[int], committed: list[int]) -> tuple[int, int]:
     one the round would have accepted: greedy, exactly; sampling, with probability p(x), the
     one-hot acceptance. Positions past the committed tokens are unknown and not counted.
     """
-    k = min(len(tokens), len(committed))
-    n = 0
-    while n < k and tokens[n] == committed[n]:
-        n += 1
-    return k, n
+    return min(len(tokens), len(committed)), common_prefix(tokens, committed)
 
 
 def host_sync(values: mx.array) -> list[int]:

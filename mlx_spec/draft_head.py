@@ -39,14 +39,13 @@ def ascii_token_ids(tokenizer, vocab: int) -> list[int]:
 
 
 def output_layer(model):
-    """The module that turns the draft's hidden states into logits, and how to call it."""
+    """The module that turns the draft's hidden states into logits (lm_head, or the tied
+    input embedding used as a linear layer), or None."""
     head = getattr(model, "lm_head", None)
     if head is not None:
-        return head, head.__call__
+        return head
     embed = getattr(getattr(model, "model", None), "embed_tokens", None)
-    if embed is not None and hasattr(embed, "as_linear"):
-        return embed, embed.as_linear
-    return None, None
+    return embed if embed is not None and hasattr(embed, "as_linear") else None
 
 
 def _rows(module: nn.Module, ids: mx.array) -> nn.Module:
@@ -67,7 +66,7 @@ class SubsetHead:
         self.model = model
         self.base_ids = list(ids)
         self.members = set(ids)
-        module, _ = output_layer(model)
+        module = output_layer(model)
         self._module = module
         self._base = _rows(module, mx.array(self.base_ids, dtype=mx.int32))
         self._call = self._caller(self._base)
@@ -84,7 +83,7 @@ class SubsetHead:
     @classmethod
     def build(cls, model, ids: list[int]) -> "SubsetHead | None":
         """A subset head for `model`, or None when its structure is not body -> output layer."""
-        module, _ = output_layer(model)
+        module = output_layer(model)
         if module is None or not hasattr(model, "model") or not ids:
             return None
         try:

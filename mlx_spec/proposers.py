@@ -263,9 +263,6 @@ class NgramProposer:
                 return context[start : start + k], n
         return [], 0
 
-    def lookup(self, context: list[int], k: int) -> list[int]:
-        return self.match(context, k)[0]
-
     def propose(self, context, k, sampling, rng):
         found, n = self.match(context, k) if k > 0 else ([], 0)
         if not found:
