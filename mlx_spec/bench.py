@@ -43,7 +43,7 @@ def default_arms(k_fixed: int = 3, mlx_lm_ks: tuple[int, ...] = (3, 5)) -> list[
     arms = [
         Arm("plain", "plain"),
         Arm("mlx-spec adaptive", "spec", None, ngram=True),
-        Arm(f"mlx-spec k={k_fixed}", "spec", k_fixed),
+        Arm(f"mlx-spec k={k_fixed}", "spec", k_fixed, ngram=True),
     ]
     arms += [Arm(f"mlx-lm k={k}", "mlx-lm", k) for k in mlx_lm_ks]
     return arms

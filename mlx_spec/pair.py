@@ -97,14 +97,15 @@ class Pair:
         )
 
     def _policy(self, drafting: bool):
-        if not drafting:
+        if not drafting or self.k == 0:
             return FixedK(0)
-        if self.k is not None:
-            return FixedK(self.k)
         key = "|".join(
             [_machine_key(), self.target_name, self.draft_name or "-", str(self.target_bytes)]
         )
-        return AdaptiveK(cached_calibration(key, self.target, self.draft, self.k_max), self.k_max)
+        costs = cached_calibration(key, self.target, self.draft, self.k_max)
+        if self.k is not None:
+            return FixedK(self.k, costs)
+        return AdaptiveK(costs, self.k_max)
 
     def encode(self, prompt: Prompt, chat: bool = True, system: str | None = None) -> list[int]:
         """Text (chat-templated when the tokenizer has a template and chat=True), a list of
@@ -211,8 +212,8 @@ def load_pair(
     """Load a pair once. `target` is a pair name from models.toml, a local directory or a
     Hugging Face repo id. `draft`: None (the pair's draft, or plain decoding for a bare
     target), a reference, "ngram" (draft-free), or "none". `ngram` adds n-gram proposals
-    beside the draft model (None: on when k adapts, which ranks the two by expected rate).
-    `k`: fixed draft length; None adapts it. `subset_vocab`: the draft scores only plain-text
+    beside the draft model (None: on; each round the policy ranks the sources by expected
+    rate). `k`: fixed proposal length; None adapts it. `subset_vocab`: the draft scores only plain-text
     tokens and the conversation's own (a cheaper output layer; lossless either way)."""
     from mlx_spec.loading import load_model
     from mlx_spec.registry import load_registry
@@ -228,7 +229,7 @@ def load_pair(
     elif draft == "none":
         draft, ngram = None, bool(ngram)
     elif ngram is None:
-        ngram = draft is not None and k is None
+        ngram = draft is not None
     loaded_target = load_model(target, dtype=dtype)
     loaded_draft = load_model(draft, dtype=dtype) if draft else None
     if loaded_draft is not None:

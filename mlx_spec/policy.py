@@ -36,28 +36,44 @@ class Costs:
 
 
 class FixedK:
-    """Always propose k tokens."""
+    """Always propose k tokens (fewer only when a free guess is shorter).
 
-    def __init__(self, k: int):
+    With the machine's costs it still chooses, each round, which source proposes the k tokens
+    (the draft, an n-gram guess, the draft checking a guess), by the same expected rate as
+    AdaptiveK, and verifies padded to the cheapest measured size. Without costs the sources
+    keep their order and nothing is padded.
+    """
+
+    def __init__(self, k: int, costs: Costs | None = None):
         if k < 0:
             raise SpecError(f"k must be >= 0, got {k}", "use --k 4, or --adaptive")
         self.k = self.k_max = k
+        self.costs = costs
+        self.estimates = AdaptiveK(costs, k_max=max(k, 1)) if costs is not None and k > 0 else None
 
     def choose(self, source: str) -> int:
         return self.k
 
     def plan(self, source: str) -> tuple[int, float]:
-        """(k, expected tokens per second); fixed k has no model, so sources keep their order."""
-        return self.k, 0.0
+        """(k, expected tokens per second of `source` proposing k; 0.0 without costs)."""
+        return self.k, self.estimates.rate(source, self.k) if self.estimates else 0.0
 
     def verify_tokens(self, k: int) -> int:
-        return k + 1
+        return padded_tokens(self.costs, k)
 
     def reset(self) -> None:
-        pass
+        if self.estimates:
+            self.estimates.reset()
 
     def update(self, source: str, k: int, n: int) -> None:
-        pass
+        if self.estimates:
+            self.estimates.update(source, k, n)
+
+
+def padded_tokens(costs: Costs | None, k: int) -> int:
+    """How many tokens to feed the target to verify k drafts (padding where cheaper)."""
+    padded = costs.verify_tokens if costs else None
+    return padded[k] if padded and k < len(padded) else k + 1
 
 
 class AdaptiveK:
@@ -147,9 +163,7 @@ class AdaptiveK:
         return self.plan(source)[0]
 
     def verify_tokens(self, k: int) -> int:
-        """How many tokens to feed the target to verify k drafts (padding where cheaper)."""
-        padded = self.costs.verify_tokens
-        return padded[k] if padded and k < len(padded) else k + 1
+        return padded_tokens(self.costs, k)
 
     def update(self, source: str, k: int, n: int) -> None:
         """A round proposed k tokens from `source` and the target accepted n."""
