@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mlx_spec.policy import AdaptiveK, Costs, cached_calibration, calibration_path
+from mlx_spec.policy import AdaptiveK, Costs, FixedK, cached_calibration, calibration_path
 
 
 def test_expected_tokens_with_equal_acceptance_is_the_geometric_formula():
@@ -122,3 +122,25 @@ def test_a_draft_checking_a_guess_starts_from_the_drafts_acceptance_and_learns_i
     for _ in range(8):
         policy.update("draft+ngram:2", 8, 1)  # ... but following this guess it does not
     assert policy.alphas("draft+ngram:2")[1] < 0.3 < 0.9 < policy.alphas("draft")[1]
+
+
+def test_fixed_k_pads_verification_and_ranks_sources_by_rate_at_its_k():
+    costs = Costs(draft_step=0.3, verify=[1.0, 1.3, 1.2, 1.2], verify_tokens=[1, 2, 4, 4], draft_batch=0.5)
+    policy = FixedK(2, costs)
+    assert policy.verify_tokens(2) == 4 and policy.verify_tokens(1) == 2  # padded where cheaper
+    for _ in range(10):
+        policy.update("ngram:3", 2, 0)  # guesses keep failing
+        policy.update("draft", 2, 2)
+    assert [policy.plan(s)[0] for s in ("draft", "ngram:3")] == [2, 2]  # k never changes
+    assert policy.plan("draft")[1] > policy.plan("ngram:3")[1]
+    for _ in range(10):
+        policy.update("ngram:3", 2, 2)  # now they land, and cost no draft steps
+    assert policy.plan("ngram:3")[1] > policy.plan("draft")[1]
+    policy.reset()
+    assert policy.plan("draft")[1] > policy.plan("ngram:3")[1]  # back to the priors
+
+
+def test_fixed_k_without_costs_keeps_the_sources_order_and_pads_nothing():
+    policy = FixedK(3)
+    assert policy.plan("draft") == policy.plan("ngram:2") == (3, 0.0)
+    assert policy.verify_tokens(3) == 4
