@@ -246,7 +246,6 @@ class Engine:
                 self.policy.update(proposal.key, k, n)
             for shadow in shadows:
                 self.policy.update(shadow.key, *shadow_outcome(shadow.host, committed))
-            self.policy.end_round()
             stats.record_round(proposal.source if proposal else None, k, n_accepted, len(committed))
             t3 = time.perf_counter()
             stats.draft_time += t1 - t0

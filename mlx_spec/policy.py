@@ -69,10 +69,6 @@ class FixedK:
         if self.estimates:
             self.estimates.update(source, k, n)
 
-    def end_round(self) -> None:
-        if self.estimates:
-            self.estimates.end_round()
-
 
 def padded_tokens(costs: Costs | None, k: int) -> int:
     """How many tokens to feed the target to verify k drafts (padding where cheaper)."""
@@ -89,20 +85,16 @@ class AdaptiveK:
     1 + sum_j prod_{i<=j} alpha_i. The prior is optimistic (a pair is assumed to agree until
     it shows otherwise: one failed round halves it). Costs come from the calibration: only
     their ratios matter to the choice, and those are steadier than a noisy machine's absolute
-    timings. A source that is not used in a round forgets a little of what it learned
-    (`idle_decay`), drifting back to its prior: two unlucky rounds must not bench a good draft
-    for the rest of the text. When k = 0 wins, a round with k = 1 is tried every
-    `probe_every` rounds as well.
+    timings. When k = 0 wins, a round with k = 1 is tried every `probe_every` rounds so that
+    a source which improves gets another chance.
     """
 
     def __init__(self, costs: Costs, k_max: int = 8, prior: float = 0.9, decay: float = 0.85,
                  probe_every: int = 16, free_sources: tuple[str, ...] = ("ngram",),
-                 free_prior: float = 0.5, idle_decay: float = 0.93):
+                 free_prior: float = 0.5):
         # a source key is "name", "name:detail" (the n-gram's matched length), or
         # "draft+ngram:n" (the draft checking an n-gram's guess)
         self.costs, self.k_max, self.decay, self.probe_every = costs, k_max, decay, probe_every
-        self.idle_decay = idle_decay
-        self.updated: set[str] = set()  # sources scored this round
         self.free_sources = free_sources
         # A free source is scored every round even when it loses (shadowed), so it can start
         # pessimistic and earn its place; a paid one has to be tried to be learned.
@@ -114,7 +106,6 @@ class AdaptiveK:
         """Back to the prior: a new conversation may be a different kind of text."""
         self.counts.clear()
         self.idle.clear()
-        self.updated.clear()
 
     def alphas(self, source: str) -> list[float]:
         counts = self.counts.get(source) or [[0.0, 0.0]] * self.k_max
@@ -178,7 +169,6 @@ class AdaptiveK:
         """A round proposed k tokens from `source` and the target accepted n."""
         if k == 0:
             return
-        self.updated.add(source)
         counts = self.counts.setdefault(source, [[0.0, 0.0] for _ in range(self.k_max)])
         for i, c in enumerate(counts):
             c[0] *= self.decay
@@ -187,15 +177,6 @@ class AdaptiveK:
                 c[0] += 1
             elif i == n and n < k:
                 c[1] += 1
-
-    def end_round(self) -> None:
-        """Sources not scored this round drift back toward their prior."""
-        for source, counts in self.counts.items():
-            if source not in self.updated:
-                for c in counts:
-                    c[0] *= self.idle_decay
-                    c[1] *= self.idle_decay
-        self.updated.clear()
 
 
 def _forward_costs(model, token_counts, context: int, repeats: int) -> dict[int, float]:

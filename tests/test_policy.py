@@ -144,23 +144,3 @@ def test_fixed_k_without_costs_keeps_the_sources_order_and_pads_nothing():
     policy = FixedK(3)
     assert policy.plan("draft") == policy.plan("ngram:2") == (3, 0.0)
     assert policy.verify_tokens(3) == 4
-
-
-def test_an_idle_source_drifts_back_to_its_prior_and_is_tried_again():
-    policy = AdaptiveK(CHEAP_VERIFY, probe_every=1000)  # no fixed-period probes
-    policy.update("draft", 6, 0)
-    policy.end_round()
-    policy.update("draft", 1, 0)  # two unlucky rounds in a row
-    policy.end_round()
-    assert policy.choose("draft") == 0
-    idle_rounds = 0
-    while policy.choose("draft") == 0:
-        policy.end_round()  # plain-decoding rounds: the draft is not scored
-        idle_rounds += 1
-        assert idle_rounds < 20
-    assert idle_rounds >= 2  # not at once: the failures still count for something
-    # a source that keeps being scored does not drift
-    policy.update("draft", 1, 0)
-    before = policy.alpha("draft")
-    policy.end_round()
-    assert policy.alpha("draft") == before
