@@ -85,13 +85,16 @@ class AdaptiveK:
     1 + sum_j prod_{i<=j} alpha_i. The prior is optimistic (a pair is assumed to agree until
     it shows otherwise: one failed round halves it). Costs come from the calibration: only
     their ratios matter to the choice, and those are steadier than a noisy machine's absolute
-    timings. When k = 0 wins, a round with k = 1 is tried every `probe_every` rounds so that
-    a source which improves gets another chance.
+    timings. When k = 0 wins, a round with k = 1 is tried (a probe) so that a source which
+    improves gets another chance: `probe_soon` rounds after the source last landed a token,
+    waiting twice as long after each failed round, up to `probe_every`. Two unlucky rounds
+    at the start do not bench a good draft for the rest of the text, and a draft that keeps
+    failing costs a probe only every `probe_every` rounds.
     """
 
     def __init__(self, costs: Costs, k_max: int = 8, prior: float = 0.9, decay: float = 0.85,
                  probe_every: int = 16, free_sources: tuple[str, ...] = ("ngram",),
-                 free_prior: float = 0.5):
+                 free_prior: float = 0.5, probe_soon: int = 4, margin: float = 0.05):
         # a source key is "name", "name:detail" (the n-gram's matched length), or
         # "draft+ngram:n" (the draft checking an n-gram's guess)
         self.costs, self.k_max, self.decay, self.probe_every = costs, k_max, decay, probe_every
@@ -100,12 +103,20 @@ class AdaptiveK:
         # pessimistic and earn its place; a paid one has to be tried to be learned.
         self.prior, self.free_prior = prior, free_prior
         self.counts: dict[str, list[list[float]]] = {}  # source -> per position [accepts, rejects]
-        self.idle: dict[str, int] = {}
+        self.idle: dict[str, int] = {}  # rounds since the source last proposed or probed
+        self.probe_soon = min(probe_soon, probe_every)
+        self.wait: dict[str, int] = {}  # idle rounds before the next probe
+        self.probing: set[str] = set()  # sources whose k = 1 is a probe
+        # Drafting must beat plain decoding by this much: what the calibration does not see
+        # (the draft catching up on tokens it skipped, Python per step) is paid by drafting.
+        self.margin = margin
 
     def reset(self) -> None:
         """Back to the prior: a new conversation may be a different kind of text."""
         self.counts.clear()
         self.idle.clear()
+        self.wait.clear()
+        self.probing.clear()
 
     def alphas(self, source: str) -> list[float]:
         counts = self.counts.get(source) or [[0.0, 0.0]] * self.k_max
@@ -151,12 +162,15 @@ class AdaptiveK:
 
     def plan(self, source: str) -> tuple[int, float]:
         """The best k for `source` and its expected rate (a k = 0 winner is probed with
-        k = 1 every `probe_every` rounds)."""
-        k_best = max(range(self.k_max + 1), key=lambda k: self.rate(source, k))
+        k = 1 now and then)."""
+        k_best = max(range(1, self.k_max + 1), key=lambda k: self.rate(source, k), default=0)
+        if k_best and self.rate(source, k_best) < (1 + self.margin) * self.rate(source, 0):
+            k_best = 0
         if k_best == 0:
             self.idle[source] = self.idle.get(source, 0) + 1
-            if self.idle[source] % self.probe_every == 0:
-                k_best = 1
+            if self.idle[source] >= self.wait.get(source, self.probe_soon):
+                k_best, self.idle[source] = 1, 0
+                self.probing.add(source)
         return k_best, self.rate(source, k_best)
 
     def choose(self, source: str) -> int:
@@ -169,6 +183,11 @@ class AdaptiveK:
         """A round proposed k tokens from `source` and the target accepted n."""
         if k == 0:
             return
+        if n > 0:
+            self.wait[source] = self.probe_soon
+        elif source in self.probing:  # a failed probe: wait twice as long for the next
+            self.wait[source] = min(2 * self.wait.get(source, self.probe_soon), self.probe_every)
+        self.probing.discard(source)
         counts = self.counts.setdefault(source, [[0.0, 0.0] for _ in range(self.k_max)])
         for i, c in enumerate(counts):
             c[0] *= self.decay

@@ -144,3 +144,46 @@ def test_fixed_k_without_costs_keeps_the_sources_order_and_pads_nothing():
     policy = FixedK(3)
     assert policy.plan("draft") == policy.plan("ngram:2") == (3, 0.0)
     assert policy.verify_tokens(3) == 4
+
+
+def rounds_to_probe(policy, source):
+    """Rounds until the policy, which would not draft from `source`, probes it with k = 1."""
+    for rounds in range(1, 100):
+        if policy.choose(source) == 1:
+            return rounds
+    raise AssertionError("never probed")
+
+
+def test_a_benched_draft_is_probed_soon_and_less_often_while_it_keeps_failing():
+    policy = AdaptiveK(CHEAP_VERIFY)
+    policy.update("draft", 6, 0)
+    policy.update("draft", 1, 0)  # two unlucky rounds: k = 0 wins now
+    gaps = [rounds_to_probe(policy, "draft")]
+    for _ in range(5):  # every probe fails: the waits double, up to probe_every
+        policy.update("draft", 1, 0)
+        gaps.append(rounds_to_probe(policy, "draft"))
+    assert gaps == [4, 8, 16, 16, 16, 16]
+    policy.update("draft", 1, 1)  # a probe lands: the next comes soon again
+    if policy.choose("draft") == 0:
+        assert rounds_to_probe(policy, "draft") < 4
+
+
+def test_a_probe_that_lands_brings_a_good_draft_back():
+    policy = AdaptiveK(CHEAP_VERIFY)
+    policy.update("draft", 6, 0)
+    policy.update("draft", 1, 0)
+    ks = []
+    for _ in range(30):
+        k = policy.choose("draft")
+        ks.append(k)
+        if k:
+            policy.update("draft", k, k)  # the draft is in fact right
+    assert ks[-1] >= 4 and ks.index(1) < 8
+
+
+def test_drafting_that_barely_beats_plain_decoding_is_left_alone():
+    costs = Costs(draft_step=0.2, verify=[1.0, 1.0])
+    # k = 1 would make (1 + 0.23) / 1.2 = 1.025 tokens per second, plain decoding 1.0
+    assert AdaptiveK(costs, k_max=1, prior=0.23, margin=0.0).choose("draft") == 1
+    assert AdaptiveK(costs, k_max=1, prior=0.23, margin=0.05).choose("draft") == 0
+    assert AdaptiveK(costs, k_max=1, prior=0.5, margin=0.05).choose("draft") == 1
