@@ -163,15 +163,16 @@ class AdaptiveK:
     def plan(self, source: str) -> tuple[int, float]:
         """The best k for `source` and its expected rate (a k = 0 winner is probed with
         k = 1 now and then)."""
-        k_best = max(range(1, self.k_max + 1), key=lambda k: self.rate(source, k), default=0)
-        if k_best and self.rate(source, k_best) < (1 + self.margin) * self.rate(source, 0):
+        rates = [self.rate(source, k) for k in range(self.k_max + 1)]
+        k_best = max(range(1, len(rates)), key=rates.__getitem__, default=0)
+        if k_best and rates[k_best] < (1 + self.margin) * rates[0]:
             k_best = 0
         if k_best == 0:
             self.idle[source] = self.idle.get(source, 0) + 1
             if self.idle[source] >= self.wait.get(source, self.probe_soon):
                 k_best, self.idle[source] = 1, 0
                 self.probing.add(source)
-        return k_best, self.rate(source, k_best)
+        return k_best, rates[k_best]
 
     def choose(self, source: str) -> int:
         return self.plan(source)[0]
