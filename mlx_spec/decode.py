@@ -132,8 +132,7 @@ class Engine:
                     guesses.append(guess)
                     offers.append(self._offer(guess.key, k_limit, lambda k, g=guess: g.truncated(k), guess))
             else:
-                offers.append(self._offer(proposer.name, k_limit,
-                                          lambda k, p=proposer: p.propose(self.context, k, sampling, rng)))
+                offers.append(self._draft_offer(proposer, k_limit, sampling, rng))
         for proposer in self.proposers:  # a draft model checking a free guess in one forward
             along = getattr(proposer, "propose_along", None)
             for guess in guesses if along else ():
@@ -150,6 +149,17 @@ class Engine:
     def _offer(self, key: str, k_limit: int, make, guess: Proposal | None = None) -> "Offer":
         k, rate = self.policy.plan(key)
         return Offer(rate, min(k, k_limit), make, guess)
+
+    def _draft_offer(self, proposer: Proposer, k_limit: int, sampling, rng) -> "Offer":
+        """A paid source drafting a chain; one that can stop itself is given the policy's
+        longest chain and the confidence at which to stop (`policy.chain`)."""
+        k, rate = self.policy.plan(proposer.name)
+        if k > 0 and getattr(proposer, "stops_early", False):
+            k, stop_below = self.policy.chain(proposer.name, k)
+            if stop_below > 0:
+                return Offer(rate, min(k, k_limit), lambda k: proposer.propose(
+                    self.context, k, sampling, rng, stop_below=stop_below))
+        return Offer(rate, min(k, k_limit), lambda k: proposer.propose(self.context, k, sampling, rng))
 
     def _verify(self, proposal: Proposal | None, sampling: SamplingParams, rng) -> mx.array:
         """Lazy graph: target forward on [last, drafts], acceptance -> [n, extra, drafts...]."""

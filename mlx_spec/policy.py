@@ -61,6 +61,10 @@ class FixedK:
     def verify_tokens(self, k: int) -> int:
         return padded_tokens(self.costs, k)
 
+    def chain(self, source: str, k: int) -> tuple[int, float]:
+        """(k, 0.0): a fixed k is drafted in full, never stopped early."""
+        return k, 0.0
+
     def reset(self) -> None:
         if self.estimates:
             self.estimates.reset()
@@ -176,6 +180,24 @@ class AdaptiveK:
 
     def choose(self, source: str) -> int:
         return self.plan(source)[0]
+
+    @property
+    def stop_below(self) -> float:
+        """A draft step pays while the chain so far is at least this likely to be accepted:
+        a step costs draft_step, an accepted token saves about one plain decoding step."""
+        plain = self.costs.verify[0]
+        return min(self.costs.draft_step / plain, 1.0) if plain > 0 else 0.0
+
+    def chain(self, source: str, k: int) -> tuple[int, float]:
+        """How far a draft that can stop itself may run when `plan` gave it k > 0, and the
+        confidence below which it stops: up to k_max, stopping where the draft's own
+        confidence says the next step is not worth its cost. The estimates above pick
+        whether to draft; the draft, which sees each token, picks where to stop (a fixed
+        chain length drafts past the hard tokens, or stops short of easy runs). A probe
+        stays one token."""
+        if k <= 0 or source in self.probing:
+            return k, 0.0
+        return self.k_max, self.stop_below
 
     def verify_tokens(self, k: int) -> int:
         return padded_tokens(self.costs, k)

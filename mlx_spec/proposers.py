@@ -92,11 +92,20 @@ def forward_chunked(model, cache: list, tokens: list[int], chunk: int = PREFILL_
         mx.eval([c.state for c in cache])
 
 
+def confidence(logits: mx.array, q: mx.array | None) -> mx.array:
+    """The draft's probability of its most likely token: from q when sampling, from the
+    softmax of the logits row when greedy."""
+    if q is not None:
+        return q.max()
+    return mx.exp(logits.max() - mx.logsumexp(logits))
+
+
 class DraftModelProposer:
     """A small model of the same tokenizer drafts k tokens autoregressively."""
 
     name = "draft"
     free = False
+    stops_early = True  # propose() takes stop_below: the chain may end before k
 
     def __init__(self, model, target_vocab: int, head=None):
         self.model = model
@@ -157,22 +166,32 @@ class DraftModelProposer:
             q = mx.concatenate([q, mx.zeros((1, pad), q.dtype)], axis=-1)
         return choice.astype(mx.int32), q
 
-    def propose(self, context, k, sampling, rng):
+    def propose(self, context, k, sampling, rng, stop_below: float = 0.0):
+        """Up to k draft tokens, one draft step each. With `stop_below` > 0 the chain stops
+        early where it is unlikely to be accepted: after a token, once the product of the
+        draft's confidences so far (its top probability at each step) falls below
+        `stop_below`. That reads one number per step on the host; the stop depends only on
+        the draft, never on the target, so the round stays lossless."""
         pending = context[len(self.seen) :]
         history = mx.array(context) if sampling.processors else None
         logits, ids = self._forward(mx.array(pending))
         tokens, qs = [], []
+        reach = 1.0  # the draft's own estimate that the chain so far is accepted
         for i in range(k):
             token, q = self._draw(logits, ids, history, sampling, rng)
             if q is not None:
                 qs.append(q)
             mx.async_eval(token)
             tokens.append(token)
+            if stop_below > 0 and i + 1 < k:
+                reach *= confidence(logits, q).item()
+                if reach < stop_below:
+                    break
             if i + 1 < k:
                 if history is not None:
                     history = mx.concatenate([history, token])
                 logits, ids = self._forward(token)
-        self._inflight = (pending, None, k)
+        self._inflight = (pending, None, len(tokens))
         return Proposal(
             tokens=mx.concatenate(tokens),
             q=mx.concatenate(qs) if qs else None,
