@@ -98,7 +98,17 @@ SETTINGS = {
 SUBSET = [0, 1, 2, 4, 6]  # the prompt's tokens and two more: 3, 5 and 7 are never drafted
 
 
+class StopEarly(FixedK):
+    """Up to k tokens, the draft stopping itself where its confidence falls (adaptive k's
+    chains): the stop depends on the draft's own draws, so sampling must stay exact."""
+
+    def chain(self, source, k):
+        return k, 0.3
+
+
 def make_engine(target, draft, proposer: str, k: int):
+    if proposer == "stop":
+        return Engine(target, ByteTokenizer(), [DraftModelProposer(draft, VOCAB)], policy=StopEarly(k))
     proposers = {
         "draft": [DraftModelProposer(draft, VOCAB)] if draft is not None else [],
         "subset": [DraftModelProposer(draft, VOCAB, SubsetHead.build(draft, SUBSET))],
@@ -111,7 +121,7 @@ def make_engine(target, draft, proposer: str, k: int):
 @pytest.mark.parametrize(
     "proposer,k,setting",
     [("draft", 2, "t1"), ("draft", 3, "t0.7-top_p"), ("draft", 2, "top_k-min_p"), ("ngram", 3, "t1"),
-     ("plain", 0, "t1"), ("subset", 3, "t1")],
+     ("plain", 0, "t1"), ("subset", 3, "t1"), ("stop", 3, "t1")],
 )
 def test_sampled_output_follows_target_distribution(target, draft, proposer, k, setting):
     params = SETTINGS[setting]
