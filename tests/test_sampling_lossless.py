@@ -54,14 +54,18 @@ def exact_distribution(target, sampling) -> dict[tuple[int, ...], float]:
     return probs
 
 
-def empirical_counts(engine, sampling_for_seed, fresh: bool = False) -> dict[tuple[int, ...], int]:
+def empirical_counts(engine, sampling_for_seed, fresh: bool = False, extra: int = 0) -> dict[tuple[int, ...], int]:
+    """Counts of the first LENGTH tokens of RUNS seeded generations (of LENGTH + extra tokens:
+    a longer budget lets the first round draft further; the first LENGTH tokens must still
+    follow the exact distribution)."""
     counts: dict[tuple[int, ...], int] = {}
     for seed in range(RUNS):
         if fresh:
             engine.reset()
         tokens = []
-        for step in engine.decode(PROMPT, sampling=sampling_for_seed(seed), max_tokens=LENGTH):
+        for step in engine.decode(PROMPT, sampling=sampling_for_seed(seed), max_tokens=LENGTH + extra):
             tokens += step.tokens
+        tokens = tokens[:LENGTH]
         counts[tuple(tokens)] = counts.get(tuple(tokens), 0) + 1
     return counts
 
@@ -102,8 +106,13 @@ class StopEarly(FixedK):
     """Up to k tokens, the draft stopping itself where its confidence falls (adaptive k's
     chains): the stop depends on the draft's own draws, so sampling must stay exact."""
 
+    # On this draft after PROMPT: its top probability is 0.45 at the first step (the chain
+    # goes on), and the product after the second step is 0.12..0.35 depending on the first
+    # sampled token: the chain of a 3-token round stops after 2 tokens or not, at random.
+    BAR = 0.24
+
     def chain(self, source, k):
-        return k, 0.3
+        return k, self.BAR
 
 
 def make_engine(target, draft, proposer: str, k: int):
@@ -128,9 +137,23 @@ def test_sampled_output_follows_target_distribution(target, draft, proposer, k, 
     exact = exact_distribution(target, SamplingParams(**params))
     engine = make_engine(target, draft, proposer, k)
     # a subset head learns tokens as they are committed: start every run from its base subset
-    counts = empirical_counts(engine, lambda seed: SamplingParams(seed=seed, **params), fresh=proposer == "subset")
+    counts = empirical_counts(engine, lambda seed: SamplingParams(seed=seed, **params), fresh=proposer == "subset",
+                              extra=1 if proposer == "stop" else 0)
     stat, dof = chi_square(counts, exact)
     assert stat < bound(dof), f"chi-square {stat:.1f} with {dof} dof"
+
+
+def test_the_stopping_harness_does_stop_chains(target, draft):
+    """The "stop" case above is only a test of stopping if some chains do stop early."""
+    engine = make_engine(target, draft, "stop", 3)
+    first_rounds = []
+    for seed in range(40):
+        engine.reset()
+        steps = engine.decode(PROMPT, sampling=SamplingParams(seed=seed, **SETTINGS["t1"]), max_tokens=LENGTH + 1)
+        first_rounds.append(next(steps).stats.k_counts.copy())
+        list(steps)
+    ks = {k for counts in first_rounds for k in counts}
+    assert ks == {2, 3}  # asked for 3: some chains stopped after 2, never after 1
 
 
 def wrong_accept_sampled(p, q, drafts, u):
