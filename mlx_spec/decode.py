@@ -154,12 +154,11 @@ class Engine:
         """A paid source drafting a chain; one that can stop itself is given the policy's
         longest chain and the confidence at which to stop (`policy.chain`)."""
         k, rate = self.policy.plan(proposer.name)
+        stop = {}  # proposers that cannot stop themselves are called without stop_below
         if k > 0 and getattr(proposer, "stops_early", False):
             k, stop_below = self.policy.chain(proposer.name, k)
-            if stop_below > 0:
-                return Offer(rate, min(k, k_limit), lambda k: proposer.propose(
-                    self.context, k, sampling, rng, stop_below=stop_below))
-        return Offer(rate, min(k, k_limit), lambda k: proposer.propose(self.context, k, sampling, rng))
+            stop = {"stop_below": stop_below} if stop_below > 0 else {}
+        return Offer(rate, min(k, k_limit), lambda k: proposer.propose(self.context, k, sampling, rng, **stop))
 
     def _verify(self, proposal: Proposal | None, sampling: SamplingParams, rng) -> mx.array:
         """Lazy graph: target forward on [last, drafts], acceptance -> [n, extra, drafts...]."""

@@ -183,14 +183,15 @@ class DraftModelProposer:
                 qs.append(q)
             mx.async_eval(token)
             tokens.append(token)
-            if stop_below > 0 and i + 1 < k:
+            if i + 1 == k:
+                break
+            if stop_below > 0:
                 reach *= confidence(logits, q).item()
                 if reach < stop_below:
                     break
-            if i + 1 < k:
-                if history is not None:
-                    history = mx.concatenate([history, token])
-                logits, ids = self._forward(token)
+            if history is not None:
+                history = mx.concatenate([history, token])
+            logits, ids = self._forward(token)
         self._inflight = (pending, None, len(tokens))
         return Proposal(
             tokens=mx.concatenate(tokens),

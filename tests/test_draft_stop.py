@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from conftest import quantized_copy, random_llama
 
-from mlx_spec.decode import Engine
 from mlx_spec.pair import Pair
 from mlx_spec.policy import AdaptiveK, Costs, FixedK
 from mlx_spec.proposers import DraftModelProposer
