@@ -83,11 +83,15 @@ class Pair:
             args = getattr(self.target, "args", None)
             self.context_length = getattr(args, "max_position_embeddings", None)
         proposers = []
-        if self.ngram:
-            proposers.append(NgramProposer())
+        ngram = NgramProposer() if self.ngram else None
+        if ngram is not None:
+            proposers.append(ngram)
         if self.draft is not None:
             head = draft_head(self.draft, self.tokenizer, vocab_size(self.target)) if self.subset_vocab else None
-            proposers.append(DraftModelProposer(self.draft, vocab_size(self.target), head))
+            drafter = DraftModelProposer(self.draft, vocab_size(self.target), head)
+            if ngram is not None:  # where the text repeats, a draft chain checks the n-gram's guess
+                drafter.guess = ngram.continuation
+            proposers.append(drafter)
         self.engine = Engine(
             self.target,
             self.tokenizer,

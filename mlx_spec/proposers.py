@@ -92,6 +92,15 @@ def forward_chunked(model, cache: list, tokens: list[int], chunk: int = PREFILL_
         mx.eval([c.state for c in cache])
 
 
+BATCH_SIZES = (1, 2, 3, 4, 6, 8, 16)  # a BLAS may be slower at some sizes than at the next one
+
+
+def padded_batch(tokens: int) -> int:
+    """Tokens to feed a forward of `tokens` (padding where a larger batch costs less: on
+    OpenBLAS a 16-token draft forward is cheaper than a 12-token one)."""
+    return next((size for size in BATCH_SIZES if size >= tokens), tokens)
+
+
 def confidence(logits: mx.array, q: mx.array | None) -> mx.array:
     """The draft's probability of its most likely token: from q when sampling, from the
     softmax of the logits row when greedy."""
@@ -118,6 +127,10 @@ class DraftModelProposer:
         self.target_vocab = target_vocab
         self.head = head  # a SubsetHead: score only part of the vocabulary (None: all of it)
         self.seen: list[int] = []  # tokens held in the draft cache
+        # guess(context, drafted, k): up to k tokens that followed context + drafted where that
+        # text appeared before (an n-gram lookup), or []; None: the chain never jumps
+        self.guess = None
+        self.jumps = self.jumped = 0  # guess checks made, guessed tokens they confirmed
         # what the last proposal fed the draft: (pending tokens, guessed path or None, k)
         self._inflight: tuple[list[int], list[int] | None, int] | None = None
 
@@ -169,26 +182,38 @@ class DraftModelProposer:
     def propose(self, context, k, sampling, rng, stop_below: float = 0.0):
         """Up to k draft tokens, one draft step each. With `stop_below` > 0 the chain stops
         early where it is unlikely to be accepted: after a token, once the product of the
-        draft's confidences so far (its top probability at each step) falls below
-        `stop_below`. That reads one number per step on the host; the stop depends only on
-        the draft, never on the target, so the round stays lossless."""
+        draft's confidences so far (its top probabilities) falls below `stop_below`. That
+        reads each token on the host, so the chain can also jump: where the text so far
+        (context + drafted tokens) repeats earlier text, `guess` names what followed there, and
+        one draft forward over that guess checks it (`_jump`). The stop and the jumps depend
+        only on the draft, never on the target, so the round stays lossless."""
         pending = context[len(self.seen) :]
         history = mx.array(context) if sampling.processors else None
+        # jumps need the drafted tokens on the host (read anyway when the chain can stop)
+        guess = self.guess if stop_below > 0 and self.guess is not None and history is None else None
         logits, ids = self._forward(mx.array(pending))
-        tokens, qs = [], []
+        tokens, qs, host = [], [], []  # host: the drafted tokens, read when the chain can stop
         reach = 1.0  # the draft's own estimate that the chain so far is accepted
-        for i in range(k):
+        while True:
             token, q = self._draw(logits, ids, history, sampling, rng)
             if q is not None:
                 qs.append(q)
             mx.async_eval(token)
             tokens.append(token)
-            if i + 1 == k:
+            if len(tokens) == k:
                 break
             if stop_below > 0:
-                reach *= confidence(logits, q).item()
+                confident = confidence(logits, q)
+                mx.eval(token, confident)
+                host.append(token.item())
+                reach *= confident.item()
                 if reach < stop_below:
                     break
+                path = guess(context, host, k - len(tokens) - 1) if guess else []
+                if path:
+                    reach, token = self._jump(token, path, sampling, rng, reach, stop_below, tokens, qs, host)
+                    if token is None or len(tokens) == k:
+                        break
             if history is not None:
                 history = mx.concatenate([history, token])
             logits, ids = self._forward(token)
@@ -198,6 +223,44 @@ class DraftModelProposer:
             q=mx.concatenate(qs) if qs else None,
             source=self.name,
         )
+
+    def _jump(self, token, path: list[int], sampling, rng, reach, stop_below, tokens, qs, host):
+        """Check a guessed continuation of the chain with ONE draft forward over [token] + path.
+
+        Row j holds the draft's distribution after the chain + path[:j]; a token d_j is drawn
+        from each. The chain takes d_0, d_1, ... while d_j equals path[j] (so the next row's
+        condition is what the chain really holds) and ends its jump at the first d_j that
+        differs: every token taken is a draw from the draft given the tokens before it, as in
+        step-by-step drafting, for the cost of one forward. Appends to tokens/qs/host, trims
+        the draft cache back to the chain but its newest token, and returns (reach, the newest
+        token to feed next), or (reach, None) when the confidence stop ended the chain.
+        """
+        start = cache_length(self.cache)  # the chain up to, not including, `token`
+        fed = len(path) + 1
+        pad = padded_batch(fed) - fed  # rows past `fed` are ignored, their cache entries trimmed
+        inputs = mx.concatenate([token, mx.array(path + [0] * pad, dtype=mx.int32)])
+        rows, ids = self._forward(inputs, rows=fed + pad)
+        drawn = [self._draw(rows[j : j + 1], ids, None, sampling, rng) for j in range(fed)]
+        confident = mx.stack([confidence(rows[j], q) for j, (_, q) in enumerate(drawn)])
+        mx.eval([d for d, _ in drawn], confident)
+        values, confidences = mx.concatenate([d for d, _ in drawn]).tolist(), confident.tolist()
+        self.jumps += 1
+        stopped = False
+        for j, (value, (d, q)) in enumerate(zip(values, drawn)):
+            tokens.append(d)
+            host.append(value)
+            if q is not None:
+                qs.append(q)
+            reach *= confidences[j]
+            if reach < stop_below:
+                stopped = True
+                break
+            if j == len(path) or value != path[j]:
+                break
+        self.jumped += j  # tokens of the guess the draft confirmed in one forward
+        # the cache holds the chain but its newest token: token and path[:j] (= d_0..d_{j-1})
+        rollback(self.cache, start + 1 + j)
+        return reach, (None if stopped else tokens[-1])
 
     def propose_along(self, context, path: list[int], sampling, rng, key: str) -> Proposal:
         """len(path)+1 draft tokens from ONE forward over a guessed continuation (an n-gram's).
@@ -282,6 +345,20 @@ class NgramProposer:
             if start is not None:
                 return context[start : start + k], n
         return [], 0
+
+    def continuation(self, context: list[int], drafted: list[int], k: int) -> list[int]:
+        """Up to k tokens that followed, earlier in `context`, the longest suffix of
+        context + drafted: a guess at how a draft chain goes on. Only the committed context
+        is indexed; drafted tokens, which a round may reject, are looked up, never indexed."""
+        if k <= 0:
+            return []
+        self._extend(context)
+        text = context[-self.max_n :] + list(drafted)
+        for n in range(min(self.max_n, len(text)), self.min_n - 1, -1):
+            start = self.index.get(tuple(text[-n:]))
+            if start is not None:
+                return context[start : start + k]
+        return []
 
     def propose(self, context, k, sampling, rng):
         found, n = self.match(context, k) if k > 0 else ([], 0)
