@@ -191,32 +191,35 @@ class DraftModelProposer:
         history = mx.array(context) if sampling.processors else None
         # jumps need the drafted tokens on the host (read anyway when the chain can stop)
         guess = self.guess if stop_below > 0 and self.guess is not None and history is None else None
-        logits, ids = self._forward(mx.array(pending))
         tokens, qs, host = [], [], []  # host: the drafted tokens, read when the chain can stop
         reach = 1.0  # the draft's own estimate that the chain so far is accepted
+        feed = mx.array(pending)  # what the draft has not processed yet
         while True:
-            token, q = self._draw(logits, ids, history, sampling, rng)
-            if q is not None:
-                qs.append(q)
-            mx.async_eval(token)
-            tokens.append(token)
-            if len(tokens) == k:
-                break
-            if stop_below > 0:
-                confident = confidence(logits, q)
-                mx.eval(token, confident)
-                host.append(token.item())
-                reach *= confident.item()
-                if reach < stop_below:
+            room = k - len(tokens) - 1  # guessed tokens the chain has room for
+            path = guess(context, host, room) if guess and room > 0 else []
+            if path:
+                reach, token = self._jump(feed, path, sampling, rng, reach, stop_below, tokens, qs, host)
+                if token is None or len(tokens) == k:
                     break
-                path = guess(context, host, k - len(tokens) - 1) if guess else []
-                if path:
-                    reach, token = self._jump(token, path, sampling, rng, reach, stop_below, tokens, qs, host)
-                    if token is None or len(tokens) == k:
+            else:
+                logits, ids = self._forward(feed)
+                token, q = self._draw(logits, ids, history, sampling, rng)
+                if q is not None:
+                    qs.append(q)
+                mx.async_eval(token)
+                tokens.append(token)
+                if len(tokens) == k:
+                    break
+                if stop_below > 0:
+                    confident = confidence(logits, q)
+                    mx.eval(token, confident)
+                    host.append(token.item())
+                    reach *= confident.item()
+                    if reach < stop_below:
                         break
             if history is not None:
                 history = mx.concatenate([history, token])
-            logits, ids = self._forward(token)
+            feed = token
         self._inflight = (pending, None, len(tokens))
         return Proposal(
             tokens=mx.concatenate(tokens),
@@ -224,8 +227,9 @@ class DraftModelProposer:
             source=self.name,
         )
 
-    def _jump(self, token, path: list[int], sampling, rng, reach, stop_below, tokens, qs, host):
-        """Check a guessed continuation of the chain with ONE draft forward over [token] + path.
+    def _jump(self, feed, path: list[int], sampling, rng, reach, stop_below, tokens, qs, host):
+        """Check a guessed continuation of the chain with ONE draft forward over feed + path
+        (feed: the tokens the draft has not processed yet, the chain's newest last).
 
         Row j holds the draft's distribution after the chain + path[:j]; a token d_j is drawn
         from each. The chain takes d_0, d_1, ... while d_j equals path[j] (so the next row's
@@ -235,10 +239,10 @@ class DraftModelProposer:
         the draft cache back to the chain but its newest token, and returns (reach, the newest
         token to feed next), or (reach, None) when the confidence stop ended the chain.
         """
-        start = cache_length(self.cache)  # the chain up to, not including, `token`
-        fed = len(path) + 1
+        start = cache_length(self.cache) + feed.shape[0]  # the chain up to and with `feed`
+        fed = len(path) + 1  # rows that draw a token: feed's last and each guessed one
         pad = padded_batch(fed) - fed  # rows past `fed` are ignored, their cache entries trimmed
-        inputs = mx.concatenate([token, mx.array(path + [0] * pad, dtype=mx.int32)])
+        inputs = mx.concatenate([feed, mx.array(path + [0] * pad, dtype=mx.int32)])
         rows, ids = self._forward(inputs, rows=fed + pad)
         drawn = [self._draw(rows[j : j + 1], ids, None, sampling, rng) for j in range(fed)]
         confident = mx.stack([confidence(rows[j], q) for j, (_, q) in enumerate(drawn)])
@@ -258,8 +262,8 @@ class DraftModelProposer:
             if j == len(path) or value != path[j]:
                 break
         self.jumped += j  # tokens of the guess the draft confirmed in one forward
-        # the cache holds the chain but its newest token: token and path[:j] (= d_0..d_{j-1})
-        rollback(self.cache, start + 1 + j)
+        # the cache holds the chain but its newest token: feed and path[:j] (= d_0..d_{j-1})
+        rollback(self.cache, start + j)
         return reach, (None if stopped else tokens[-1])
 
     def propose_along(self, context, path: list[int], sampling, rng, key: str) -> Proposal:

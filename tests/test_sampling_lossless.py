@@ -115,9 +115,25 @@ class StopEarly(FixedK):
         return k, self.BAR
 
 
+class ReadEvery(StopEarly):
+    """Up to k tokens, each read on the host (a bar nothing falls below): the chain jumps."""
+
+    BAR = 1e-12
+
+
+def jumping_draft(draft) -> DraftModelProposer:
+    """A draft whose chain checks an n-gram guess of how it goes on: the guess depends on the
+    tokens the draft sampled, and where the draft's draw differs from it the jump ends."""
+    proposer = DraftModelProposer(draft, VOCAB)
+    proposer.guess = NgramProposer(max_n=2, min_n=1).continuation
+    return proposer
+
+
 def make_engine(target, draft, proposer: str, k: int):
     if proposer == "stop":
         return Engine(target, ByteTokenizer(), [DraftModelProposer(draft, VOCAB)], policy=StopEarly(k))
+    if proposer == "jump":
+        return Engine(target, ByteTokenizer(), [jumping_draft(draft)], policy=ReadEvery(k))
     proposers = {
         "draft": [DraftModelProposer(draft, VOCAB)] if draft is not None else [],
         "subset": [DraftModelProposer(draft, VOCAB, SubsetHead.build(draft, SUBSET))],
@@ -130,7 +146,8 @@ def make_engine(target, draft, proposer: str, k: int):
 @pytest.mark.parametrize(
     "proposer,k,setting",
     [("draft", 2, "t1"), ("draft", 3, "t0.7-top_p"), ("draft", 2, "top_k-min_p"), ("ngram", 3, "t1"),
-     ("plain", 0, "t1"), ("subset", 3, "t1"), ("stop", 3, "t1")],
+     ("plain", 0, "t1"), ("subset", 3, "t1"), ("stop", 3, "t1"),
+     ("jump", 3, "t1"), ("jump", 3, "t0.7-top_p")],
 )
 def test_sampled_output_follows_target_distribution(target, draft, proposer, k, setting):
     params = SETTINGS[setting]
@@ -138,7 +155,7 @@ def test_sampled_output_follows_target_distribution(target, draft, proposer, k, 
     engine = make_engine(target, draft, proposer, k)
     # a subset head learns tokens as they are committed: start every run from its base subset
     counts = empirical_counts(engine, lambda seed: SamplingParams(seed=seed, **params), fresh=proposer == "subset",
-                              extra=1 if proposer == "stop" else 0)
+                              extra=1 if proposer in ("stop", "jump") else 0)
     stat, dof = chi_square(counts, exact)
     assert stat < bound(dof), f"chi-square {stat:.1f} with {dof} dof"
 
@@ -154,6 +171,19 @@ def test_the_stopping_harness_does_stop_chains(target, draft):
         list(steps)
     ks = {k for counts in first_rounds for k in counts}
     assert ks == {2, 3}  # asked for 3: some chains stopped after 2, never after 1
+
+
+def test_the_jumping_harness_does_jump(target, draft):
+    """The "jump" cases above test jumps only if chains jump, and the draft's draws sometimes
+    take the guess and sometimes leave it."""
+    engine = make_engine(target, draft, "jump", 3)
+    drafter = engine.proposers[0]
+    for seed in range(40):
+        engine.reset()
+        list(engine.decode(PROMPT, sampling=SamplingParams(seed=seed, **SETTINGS["t1"]), max_tokens=LENGTH + 1))
+    assert drafter.jumps > 0
+    assert drafter.jumped > 0  # some draws took the guess
+    assert drafter.jumped < 2 * drafter.jumps  # guesses are 1..2 tokens: not all were taken
 
 
 def wrong_accept_sampled(p, q, drafts, u):
