@@ -104,3 +104,36 @@ def test_bench_cli_rejects_unknown_category():
     run = CliRunner().invoke(app, ["bench", "--categories", "poetry", "--target", "x", "--draft", "y"])
     assert run.exit_code == 1
     assert "unknown categories: poetry" in run.output
+
+
+class RecordingBench:
+    """Bench stand-in that records the order in which arms run and returns fixed outputs."""
+
+    def __init__(self, arms):
+        from mlx_spec.bench import Run
+
+        self.arms, self.max_tokens, self.chat = arms, 4, False
+        self.target = self.draft = None
+        self.calls: list[str] = []
+        self._run = Run
+
+    def encode(self, prompt, chat=False):
+        return [1, 2, 3]
+
+    def run(self, arm, ids, temperature, seed, max_tokens=None):
+        self.calls.append(arm.name)
+        return self._run([5, 6, 7, 8], 1.0, None)
+
+
+def test_the_arm_order_turns_round_from_one_prompt_to_the_next():
+    arms = default_arms(k_fixed=3, mlx_lm_ks=(3,))
+    bench = RecordingBench(arms)
+    prompts = {"code": [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}], "edit": [{"id": "c", "prompt": "z"}]}
+    result = run_suite(bench, prompts, temperatures=(0.0,))
+    names = [a.name for a in arms]
+    measured = bench.calls[len(arms):]  # after the warm-up, which runs every arm once
+    assert measured == names + names[::-1] + names
+    # each record says where its arm ran; the baseline is still the reference of every ratio
+    by_prompt = {(r["prompt"], r["arm"]): r for r in result["runs"]}
+    assert [by_prompt[("b", n)]["position"] for n in names] == list(range(len(names)))[::-1]
+    assert all(r["speedup"] == 1.0 and r["identical"] for r in result["runs"])
