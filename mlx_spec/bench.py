@@ -4,8 +4,8 @@ Protocol (docs/benchmarking.md): warm up every arm, then for each prompt and rep
 arms one after another with the same token budget and seed, and report medians of per-pair
 ratios. The order turns round from one prompt to the next (A B C, C B A, A B C ...): on a
 host whose speed drifts, a drift that favours the later arms on one prompt favours the earlier
-ones on the next, instead of always the same arm. Greedy outputs must be identical across arms; a mismatch is
-recorded and makes the run fail.
+ones on the next, instead of always the same arm. Greedy outputs must be identical across
+arms; a mismatch is recorded and makes the run fail.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def run_suite(bench: Bench, prompts: dict, temperatures=(0.0, 0.7), repeats: int
     """Run every arm on every prompt, interleaved; return the result document."""
     records, mismatches = [], []
     total = sum(len(v) for v in prompts.values()) * len(temperatures) * repeats * len(bench.arms)
-    done, block = 0, 0
+    done = 0
     first_ids = bench.encode(next(iter(prompts.values()))[0]["prompt"], chat=bench.chat)
     for arm in bench.arms:  # warm-up: compile and allocate every code path once
         bench.run(arm, first_ids, 0.0, 0, max_tokens=WARMUP_TOKENS)
@@ -150,8 +150,8 @@ def run_suite(bench: Bench, prompts: dict, temperatures=(0.0, 0.7), repeats: int
                 for repeat in range(repeats):
                     seed = 1000 * repeat + 7
                     runs = {}
-                    order = bench.arms if block % 2 == 0 else bench.arms[::-1]
-                    block += 1
+                    # every other prompt (and repeat) runs the arms in reverse
+                    order = bench.arms if (done // len(bench.arms)) % 2 == 0 else bench.arms[::-1]
                     for arm in order:
                         runs[arm.name] = run = bench.run(arm, ids, temperature, seed)
                         done += 1

@@ -8,7 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from mlx_spec.bench import SCHEMA, Bench, default_arms, read_result, run_suite, summarize, write_result
+from mlx_spec.bench import SCHEMA, Bench, Run, default_arms, read_result, run_suite, summarize, write_result
 from mlx_spec.bench_report import compare_markdown, plot_result, summary_markdown
 from mlx_spec.cli import app
 from mlx_spec.errors import SpecError
@@ -110,19 +110,16 @@ class RecordingBench:
     """Bench stand-in that records the order in which arms run and returns fixed outputs."""
 
     def __init__(self, arms):
-        from mlx_spec.bench import Run
-
         self.arms, self.max_tokens, self.chat = arms, 4, False
         self.target = self.draft = None
         self.calls: list[str] = []
-        self._run = Run
 
     def encode(self, prompt, chat=False):
         return [1, 2, 3]
 
     def run(self, arm, ids, temperature, seed, max_tokens=None):
         self.calls.append(arm.name)
-        return self._run([5, 6, 7, 8], 1.0, None)
+        return Run([5, 6, 7, 8], 1.0, None)
 
 
 def test_the_arm_order_turns_round_from_one_prompt_to_the_next():
