@@ -2,7 +2,8 @@
 
 V = 151,936 (Qwen2.5), k in {4, 8, 16}, greedy and sampled (with and without q). Every draft
 matches the target's argmax, so the greedy kernel reads all k + 1 rows (its slowest case).
-Usage: python3 benchmarks/bench_acceptance.py [--runs N]; writes results/acceptance-<backend>.json.
+Usage: python3 benchmarks/bench_acceptance.py [--runs N] [--out FILE]; writes
+results/acceptance-<backend>.json (the recorded result) unless --out names another file.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def cases(x: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--out", type=Path, help="result JSON (default: results/acceptance-<backend>.json)")
     args = parser.parse_args()
 
     backend = platform.backend()
@@ -102,8 +104,8 @@ def main() -> None:
             kern_txt = f"{'—':>12}{'—':>10}"
         print(f"{r['variant']:<14}{r['k']:>4}{ref_us:>15.1f}{kern_txt}")
 
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"acceptance-{backend}.json"
+    out = args.out or RESULTS / f"acceptance-{backend}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     record = {"benchmark": "acceptance", "machine": platform.machine(),
               "implementation": kernels.backend_kernel_name(), "results": rows}
     out.write_text(json.dumps(record, indent=2) + "\n")

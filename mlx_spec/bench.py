@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -104,7 +104,16 @@ class Bench:
         tic = time.perf_counter()
         result = pair.generate(ids, max_tokens=max_tokens, temperature=temperature, seed=seed)
         seconds = time.perf_counter() - tic
-        return Run(result.tokens, seconds, result.stats.to_dict())
+        stats = result.stats.to_dict()
+        costs = self.costs(arm)
+        if costs is not None:  # what this run's counted forwards cost at the calibrated prices
+            stats["modeled_speedup"] = costs.modeled_speedup(result.stats)
+        return Run(result.tokens, seconds, stats)
+
+    def costs(self, arm: Arm):
+        """The calibrated costs an mlx-spec arm's policy plans with (None: plain, mlx-lm)."""
+        pair = self.pairs.get(arm.name)
+        return getattr(pair.engine.policy, "costs", None) if pair else None
 
     def _run_mlx_lm(self, arm: Arm, ids, temperature, seed, max_tokens) -> Run:
         from mlx_lm import stream_generate
@@ -181,6 +190,7 @@ def run_suite(bench: Bench, prompts: dict, temperatures=(0.0, 0.7), repeats: int
             "temperatures": list(temperatures), "arms": [vars(a) for a in bench.arms],
             "baseline": bench.arms[0].name,
         },
+        "calibration": next((asdict(c) for c in map(bench.costs, bench.arms) if c), None),
         "runs": records,
         "greedy_mismatches": mismatches,
         "summary": summarize(records, [a.name for a in bench.arms]),
@@ -204,11 +214,13 @@ def summarize(records: list[dict], arm_names: list[str]) -> dict:
             for r in mine:
                 by_prompt.setdefault(r["prompt"], []).append(r)
             speedups = [_median([r["speedup"] for r in rs]) for rs in by_prompt.values()]
+            modeled = [_median([(r["stats"] or {}).get("modeled_speedup") for r in rs]) for rs in by_prompt.values()]
             stats = [r["stats"] for r in mine if r["stats"] and "tau" in r["stats"]]
             per_arm[arm] = {
                 "tps": _median([r["tps"] for r in mine]),
                 "speedup": _median(speedups),
                 "min_speedup": min(speedups) if speedups else None,
+                "modeled_speedup": _median(modeled),
                 "tau": _median([s["tau"] for s in stats]),
                 "acceptance_rate": _median([s.get("acceptance_rate") for s in stats]),
                 "mean_k": _median([s.get("mean_k") for s in stats]),

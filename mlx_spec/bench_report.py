@@ -17,7 +17,7 @@ def _split(v) -> str:
     return "/".join(f"{100 * (s[p] or 0):.0f}" for p in ("draft", "verify", "other"))
 
 
-SUMMARY_COLUMNS = ["temp", "category", "arm", "tok/s", "speed-up", "worst prompt", "vs mlx-lm best", "vs mlx-lm same k",
+SUMMARY_COLUMNS = ["temp", "category", "arm", "tok/s", "speed-up", "worst prompt", "modeled", "vs mlx-lm best", "vs mlx-lm same k",
                    "τ", "accept", "k", "draft/verify/other %", "peak GB"]
 
 
@@ -28,7 +28,8 @@ def summary_rows(result: dict) -> list[list[str]]:
             for arm, v in arms.items():
                 rows.append([
                     temperature, category, arm, _fmt(v["tps"]), _fmt(v["speedup"], ".2f", "×"),
-                    _fmt(v.get("min_speedup"), ".2f", "×"), _fmt(v["vs_mlx_lm_best"], ".2f", "×"), _fmt(v["vs_mlx_lm_same_k"], ".2f", "×"),
+                    _fmt(v.get("min_speedup"), ".2f", "×"), _fmt(v.get("modeled_speedup"), ".2f", "×"),
+                    _fmt(v["vs_mlx_lm_best"], ".2f", "×"), _fmt(v["vs_mlx_lm_same_k"], ".2f", "×"),
                     _fmt(v["tau"]), _fmt(v["acceptance_rate"], ".0%"), _fmt(v["mean_k"], ".1f"),
                     _split(v), _fmt(v["peak_memory_gb"], ".1f"),
                 ])

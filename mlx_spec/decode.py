@@ -255,7 +255,8 @@ class Engine:
                 self.policy.update(proposal.key, k, n)
             for shadow in shadows:
                 self.policy.update(shadow.key, *shadow_outcome(shadow.host, committed))
-            stats.record_round(proposal.source if proposal else None, k, n_accepted, len(committed))
+            stats.record_round(proposal.source if proposal else None, k, n_accepted, len(committed),
+                               proposal.forwards if proposal else ())
             t3 = time.perf_counter()
             stats.draft_time += t1 - t0
             stats.verify_time += t2 - t1

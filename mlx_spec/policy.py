@@ -9,6 +9,7 @@ once per machine and pair (`calibrate`, cached on disk); alpha is tracked online
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -30,9 +31,29 @@ class Costs:
     verify_tokens: list[int] | None = None  # tokens to feed when verifying k (>= k+1)
     draft_batch: float | None = None  # one draft forward over k_max+1 tokens (a guessed path)
 
+    def draft_forward(self, tokens: int) -> float:
+        """Seconds of one draft forward over `tokens` tokens: between the measured 1-token step
+        and the (k_max+1)-token batch, interpolated on log(tokens) (a BLAS costs little more
+        per extra row at these sizes)."""
+        if tokens <= 1 or self.draft_batch is None:
+            return self.draft_step * max(tokens, 1) if self.draft_batch is None else self.draft_step
+        top = len(self.verify)  # the batch was measured at k_max + 1 tokens
+        share = min(math.log(tokens) / math.log(top), 1.0) if top > 1 else 1.0
+        return self.draft_step + (self.draft_batch - self.draft_step) * share
+
     def round_cost(self, k: int, draft_step: float | None = None) -> float:
         step = self.draft_step if draft_step is None else draft_step
         return k * step + self.verify[min(k, len(self.verify) - 1)]
+
+    def modeled_speedup(self, stats) -> float | None:
+        """Speed-up over plain decoding that a generation's counted work costs at these
+        prices: its verifications (rounds by k) and draft forwards (by tokens fed) against
+        one plain step per token. Free of a noisy host's drift, blind to what is not a
+        forward (Python, sampling): a way to compare variants, not a measured speed."""
+        verify = sum(n * self.verify[min(k, len(self.verify) - 1)] for k, n in stats.k_counts.items())
+        drafts = sum(n * self.draft_forward(t) for t, n in stats.draft_forwards.items())
+        seconds = verify + drafts
+        return stats.generated_tokens * self.verify[0] / seconds if seconds > 0 else None
 
 
 class FixedK:

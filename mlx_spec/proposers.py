@@ -25,13 +25,15 @@ PREFILL_CHUNK = 512
 class Proposal:
     """k proposed tokens; q their draft distributions (k, V_target), None for one-hot.
     `key` names the kind of proposal whose acceptance the policy tracks (default: source);
-    `host` holds the tokens as a list when they were found on the host (n-gram)."""
+    `host` holds the tokens as a list when they were found on the host (n-gram); `forwards`
+    the token count of each draft forward that made them (what they cost)."""
 
     tokens: mx.array
     q: mx.array | None
     source: str
     key: str | None = None
     host: list[int] | None = None
+    forwards: tuple[int, ...] = ()
 
     def __post_init__(self):
         self.key = self.key or self.source
@@ -45,7 +47,7 @@ class Proposal:
             return self
         q = self.q[:k] if self.q is not None else None
         host = self.host[:k] if self.host is not None else None
-        return Proposal(self.tokens[:k], q, self.source, self.key, host)
+        return Proposal(self.tokens[:k], q, self.source, self.key, host, self.forwards)
 
 
 class Proposer(Protocol):
@@ -131,6 +133,7 @@ class DraftModelProposer:
         # text appeared before (an n-gram lookup), or []; None: the chain never jumps
         self.guess = None
         self.jumps = self.jumped = 0  # guess checks made, guessed tokens they confirmed
+        self.forwards: list[int] = []  # token counts of the current proposal's forwards
         # what the last proposal fed the draft: (pending tokens, guessed path or None, k)
         self._inflight: tuple[list[int], list[int] | None, int] | None = None
 
@@ -151,6 +154,7 @@ class DraftModelProposer:
     def _forward(self, tokens: mx.array, rows: int = 1) -> tuple[mx.array, mx.array | None]:
         """Draft logits of the last `rows` positions (rows, V') and the ids of their columns
         (None: ids 0..V-1)."""
+        self.forwards.append(tokens.shape[0])
         head = self.head if self.head is not None and self.head.active else None
         if head is None:
             return self.model(tokens[None], cache=self.cache)[0, -rows:, :], None
@@ -188,6 +192,7 @@ class DraftModelProposer:
         one draft forward over that guess checks it (`_jump`). The stop and the jumps depend
         only on the draft, never on the target, so the round stays lossless."""
         pending = context[len(self.seen) :]
+        self.forwards = []
         history = mx.array(context) if sampling.processors else None
         # jumps need the drafted tokens on the host (read anyway when the chain can stop)
         guess = self.guess if stop_below > 0 and self.guess is not None and history is None else None
@@ -225,6 +230,7 @@ class DraftModelProposer:
             tokens=mx.concatenate(tokens),
             q=mx.concatenate(qs) if qs else None,
             source=self.name,
+            forwards=tuple(self.forwards),
         )
 
     def _jump(self, feed, path: list[int], sampling, rng, reach, stop_below, tokens, qs, host):
@@ -275,6 +281,7 @@ class DraftModelProposer:
         q_i, a distribution fixed by the context and the guess, and q_i is what acceptance sees.
         """
         pending = context[len(self.seen) :]
+        self.forwards = []
         rows, ids = self._forward(mx.array(pending + path), rows=len(path) + 1)
         tokens, qs = [], []
         for i in range(len(path) + 1):
@@ -291,6 +298,7 @@ class DraftModelProposer:
             q=mx.concatenate(qs) if qs else None,
             source=f"{self.name}+path",
             key=key,
+            forwards=tuple(self.forwards),
         )
 
     def observe(self, proposal, n_accepted, committed):

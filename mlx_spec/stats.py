@@ -24,6 +24,7 @@ class Stats:
     accepted_by_position: list[int] = field(default_factory=list)
     k_counts: Counter = field(default_factory=Counter)
     rounds_by_source: Counter = field(default_factory=Counter)
+    draft_forwards: Counter = field(default_factory=Counter)  # tokens fed -> draft forwards
     draft_time: float = 0.0
     verify_time: float = 0.0
     other_time: float = 0.0
@@ -31,8 +32,12 @@ class Stats:
     target_bytes: int = 0
     draft_bytes: int = 0
 
-    def record_round(self, source: str | None, k: int, n: int, emitted: int) -> None:
+    def record_round(self, source: str | None, k: int, n: int, emitted: int,
+                     forwards: tuple[int, ...] = ()) -> None:
+        """One round: its proposal's source, k drafted, n accepted, tokens emitted, and the
+        token counts of the draft forwards that made the proposal."""
         self.rounds += 1
+        self.draft_forwards.update(forwards)
         self.target_forwards += 1
         self.generated_tokens += emitted
         self.k_counts[k] += 1
@@ -111,6 +116,7 @@ class Stats:
             "mean_k": self.mean_k,
             "k_counts": {str(k): v for k, v in sorted(self.k_counts.items())},
             "rounds_by_source": dict(self.rounds_by_source),
+            "draft_forwards": {str(t): v for t, v in sorted(self.draft_forwards.items())},
             "target_forwards": self.target_forwards,
             "host_syncs": self.host_syncs,
             "time_split": self.time_split(),

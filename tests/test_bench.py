@@ -4,6 +4,7 @@ summary ratios, and compare."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 from typer.testing import CliRunner
@@ -50,6 +51,28 @@ def test_summary_reports_ratios_and_tau(result):
         code["mlx-spec k=3"]["speedup"] / code["mlx-lm k=3"]["speedup"]
     )
     assert code["mlx-lm k=3"]["tau"] == 4.0
+
+
+def test_spec_runs_carry_their_modeled_speedup_from_counted_forwards(result):
+    from mlx_spec.policy import Costs
+    from mlx_spec.stats import Stats
+
+    costs = Costs(**result["calibration"])
+    for r in result["runs"]:
+        stats = r["stats"]
+        if r["kind"] != "spec":
+            assert "modeled_speedup" not in (stats or {})
+            continue
+        # a fixed k drafts one token per forward; the adaptive chain may jump (fewer forwards)
+        forwards = sum(stats["draft_forwards"].values())
+        assert forwards == stats["drafted"] if r["k"] else 0 < forwards <= stats["drafted"]
+        counted = Stats(generated_tokens=stats["generated_tokens"],
+                        k_counts=Counter({int(k): n for k, n in stats["k_counts"].items()}),
+                        draft_forwards=Counter({int(t): n for t, n in stats["draft_forwards"].items()}))
+        assert stats["modeled_speedup"] == pytest.approx(costs.modeled_speedup(counted))
+    v = result["summary"]["0.0"]["code"]["mlx-spec k=3"]
+    assert v["modeled_speedup"] > 0 and result["summary"]["0.0"]["code"]["plain"]["modeled_speedup"] is None
+    assert "| modeled |" in summary_markdown(result)
 
 
 def test_summary_takes_median_of_per_prompt_ratios():
@@ -120,6 +143,9 @@ class RecordingBench:
     def run(self, arm, ids, temperature, seed, max_tokens=None):
         self.calls.append(arm.name)
         return Run([5, 6, 7, 8], 1.0, None)
+
+    def costs(self, arm):
+        return None
 
 
 def test_the_arm_order_turns_round_from_one_prompt_to_the_next():

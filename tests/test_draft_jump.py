@@ -72,6 +72,17 @@ def test_a_jumping_chain_is_the_chain_drafted_step_by_step(draft, wrong_from):
     assert cache_length(proposer.cache) == len(CONTEXT) + K - 1
 
 
+def test_a_proposal_records_the_draft_forwards_it_took(draft):
+    """What the policy prices a chain by: step by step, one 1-token forward per token; with a
+    right guess, one forward over the newest token and the guessed rest."""
+    truth = greedy_chain(draft, CONTEXT, K)
+    _, stepwise = chain_with(draft, None)
+    assert stepwise.tokens.tolist() == truth and stepwise.forwards == (1,) * K
+    _, jumped = chain_with(draft, guessing(truth)[0])
+    assert jumped.tokens.tolist() == truth and jumped.forwards == (padded_batch(K),)
+    assert jumped.truncated(3).forwards == jumped.forwards  # the cost was paid all the same
+
+
 @pytest.mark.parametrize("wrong_from", [None, 0, 3], ids=["right", "wrong", "right-then-wrong"])
 def test_after_a_jump_the_draft_cache_continues_correctly(draft, wrong_from):
     truth = greedy_chain(draft, CONTEXT, K)

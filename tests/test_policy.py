@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
 from mlx_spec.policy import AdaptiveK, Costs, FixedK, cached_calibration, calibration_path
+from mlx_spec.stats import Stats
 
 
 def test_expected_tokens_with_equal_acceptance_is_the_geometric_formula():
@@ -112,6 +114,22 @@ def test_a_draft_checking_a_guess_is_priced_as_one_batched_forward():
     assert policy.rate("draft+ngram:4", 15) == pytest.approx(policy.expected("draft+ngram:4", 15) / (1.4 + 0.6))
     assert policy.expected("draft+ngram:4", 15) == pytest.approx(policy.expected("draft", 15), rel=0.05)
     assert policy.rate("draft+ngram:4", 15) > 2 * policy.rate("draft", 15)
+
+
+def test_a_draft_forward_costs_between_one_step_and_the_measured_batch():
+    costs = Costs(draft_step=0.3, verify=[1.0] + [1.4] * 15, draft_batch=0.6)  # batch: 16 tokens
+    prices = [costs.draft_forward(t) for t in (1, 2, 4, 8, 16, 32)]
+    assert prices[0] == 0.3 and prices[4] == pytest.approx(0.6) and prices[5] == pytest.approx(0.6)
+    assert prices == sorted(prices)
+
+
+def test_the_modeled_speedup_prices_counted_rounds_and_forwards():
+    costs = Costs(draft_step=0.3, verify=[1.0, 1.3] + [1.4] * 14, draft_batch=0.6)
+    stats = Stats(generated_tokens=12, k_counts=Counter({0: 2, 1: 1, 4: 2}),
+                  draft_forwards=Counter({1: 8, 16: 1}))
+    seconds = 2 * 1.0 + 1.3 + 2 * 1.4 + 8 * 0.3 + 0.6  # 2 plain rounds, 3 verified, 9 forwards
+    assert costs.modeled_speedup(stats) == pytest.approx(12 * 1.0 / seconds)
+    assert costs.modeled_speedup(Stats()) is None
 
 
 def test_a_draft_checking_a_guess_starts_from_the_drafts_acceptance_and_learns_its_own():
