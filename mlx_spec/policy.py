@@ -119,7 +119,8 @@ class AdaptiveK:
 
     def __init__(self, costs: Costs, k_max: int = 8, prior: float = 0.9, decay: float = 0.85,
                  probe_every: int = 16, free_sources: tuple[str, ...] = ("ngram",),
-                 free_prior: float = 0.5, probe_soon: int = 4, margin: float = 0.05):
+                 free_prior: float = 0.5, probe_soon: int = 4, margin: float = 0.05,
+                 chain_factor: int = 3, chain_floor: int = 4):
         # a source key is "name", "name:detail" (the n-gram's matched length), or
         # "draft+ngram:n" (the draft checking an n-gram's guess)
         self.costs, self.k_max, self.decay, self.probe_every = costs, k_max, decay, probe_every
@@ -135,6 +136,7 @@ class AdaptiveK:
         # Drafting must beat plain decoding by this much: what the calibration does not see
         # (the draft catching up on tokens it skipped, Python per step) is paid by drafting.
         self.margin = margin
+        self.chain_factor, self.chain_floor = chain_factor, chain_floor  # see `chain`
 
     def reset(self) -> None:
         """Back to the prior: a new conversation may be a different kind of text."""
@@ -211,14 +213,17 @@ class AdaptiveK:
 
     def chain(self, source: str, k: int) -> tuple[int, float]:
         """How far a draft that can stop itself may run when `plan` gave it k > 0, and the
-        confidence below which it stops: up to k_max, stopping where the draft's own
-        confidence says the next step is not worth its cost. The estimates above pick
-        whether to draft; the draft, which sees each token, picks where to stop (a fixed
-        chain length drafts past the hard tokens, or stops short of easy runs). A probe
-        stays one token."""
+        confidence below which it stops: up to `chain_factor` times the planned k (at least
+        `chain_floor`, at most k_max), stopping earlier where the draft's own confidence says
+        the next step is not worth its cost. The estimates above pick whether to draft and
+        roughly how far; the draft, which sees each token, picks where to stop within that
+        (a fixed chain length drafts past the hard tokens, or stops short of easy runs). The
+        cap is for a draft that is confidently wrong: where its recent chains failed, the
+        planned k is short, and a chain the draft is sure of (a preamble worded its own way)
+        no longer runs to k_max for nothing. A probe stays one token."""
         if k <= 0 or source in self.probing:
             return k, 0.0
-        return self.k_max, self.stop_below
+        return min(self.k_max, max(self.chain_floor, self.chain_factor * k)), self.stop_below
 
     def verify_tokens(self, k: int) -> int:
         return padded_tokens(self.costs, k)

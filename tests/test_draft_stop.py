@@ -58,11 +58,13 @@ def test_a_sampled_chain_stops_on_the_draft_distribution_too(draft):
     assert len(propose(draft, 6, 1.0, sampling)) == 1
 
 
-def test_adaptive_policy_gives_a_self_stopping_draft_its_longest_chain_and_the_cost_bar():
+def test_adaptive_policy_gives_a_self_stopping_draft_a_chain_beyond_its_plan_and_the_cost_bar():
     costs = Costs(draft_step=0.2, verify=[0.8] * 16)
     policy = AdaptiveK(costs, k_max=15)
     assert policy.stop_below == pytest.approx(0.25)  # a step pays while the chain is 25% likely
-    assert policy.chain("draft", 4) == (15, policy.stop_below)
+    # up to three times the planned k, at least 4, at most k_max
+    assert [policy.chain("draft", k)[0] for k in (1, 2, 3, 4, 5, 6, 15)] == [4, 6, 9, 12, 15, 15, 15]
+    assert policy.chain("draft", 4) == (12, policy.stop_below)
     assert policy.chain("draft", 0) == (0, 0.0)
     policy.probing.add("draft")
     assert policy.chain("draft", 1) == (1, 0.0)  # a probe stays one token
