@@ -35,8 +35,10 @@ class Costs:
         """Seconds of one draft forward over `tokens` tokens: between the measured 1-token step
         and the (k_max+1)-token batch, interpolated on log(tokens) (a BLAS costs little more
         per extra row at these sizes)."""
-        if tokens <= 1 or self.draft_batch is None:
-            return self.draft_step * max(tokens, 1) if self.draft_batch is None else self.draft_step
+        if self.draft_batch is None:
+            return self.draft_step * max(tokens, 1)
+        if tokens <= 1:
+            return self.draft_step
         top = len(self.verify)  # the batch was measured at k_max + 1 tokens
         share = min(math.log(tokens) / math.log(top), 1.0) if top > 1 else 1.0
         return self.draft_step + (self.draft_batch - self.draft_step) * share
@@ -50,7 +52,7 @@ class Costs:
         prices: its verifications (rounds by k) and draft forwards (by tokens fed) against
         one plain step per token. Free of a noisy host's drift, blind to what is not a
         forward (Python, sampling): a way to compare variants, not a measured speed."""
-        verify = sum(n * self.verify[min(k, len(self.verify) - 1)] for k, n in stats.k_counts.items())
+        verify = sum(n * self.round_cost(k, 0.0) for k, n in stats.k_counts.items())
         drafts = sum(n * self.draft_forward(t) for t, n in stats.draft_forwards.items())
         seconds = verify + drafts
         return stats.generated_tokens * self.verify[0] / seconds if seconds > 0 else None
