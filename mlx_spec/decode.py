@@ -16,13 +16,14 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache
 
-from mlx_spec.acceptance import accept
+from mlx_spec.acceptance import accept, sample_from_weights
 from mlx_spec.errors import SpecError
 from mlx_spec.policy import FixedK
 from mlx_spec.proposers import Proposal, Proposer, cache_length, common_prefix, forward_chunked, rollback
 from mlx_spec.sampling import SamplingParams, apply_processors, probabilities
 from mlx_spec.stats import Stats
 from mlx_spec.text import StopText, TextStream
+from mlx_spec.tree import Tree, keep_node, plan_tree, supports_tree, tree_forward
 
 
 class Offer(NamedTuple):
@@ -66,7 +67,8 @@ class Engine:
     context, the proposers (tried in order each round) and the policy choosing k."""
 
     def __init__(self, target, tokenizer, proposers: Sequence[Proposer] = (), policy=None,
-                 target_vocab: int | None = None, use_kernel: bool | None = None):
+                 target_vocab: int | None = None, use_kernel: bool | None = None,
+                 tree: bool = True):
         self.target, self.tokenizer = target, tokenizer
         self.cache = make_prompt_cache(target)
         self.proposers = list(proposers)
@@ -78,6 +80,10 @@ class Engine:
                 "run it without a draft (--no-draft) for plain decoding",
             )
         self.policy = policy or FixedK(4 if self.proposers else 0)
+        # siblings in the verification's padding rows (`tree`), where the target allows it
+        self.tree = bool(tree and self.proposers) and supports_tree(target)
+        if self.tree:
+            self.policy.allow_siblings()
         self.target_vocab = target_vocab
         self.use_kernel = use_kernel
         self.context: list[int] = []  # committed tokens; the cache holds all but the last
@@ -160,15 +166,35 @@ class Engine:
             stop = {"stop_below": stop_below} if stop_below > 0 else {}
         return Offer(rate, min(k, k_limit), lambda k: proposer.propose(self.context, k, sampling, rng, **stop))
 
-    def _verify(self, proposal: Proposal | None, sampling: SamplingParams, rng) -> mx.array:
-        """Lazy graph: target forward on [last, drafts], acceptance -> [n, extra, drafts...]."""
+    def _tree(self, proposal: Proposal | None, sampling: SamplingParams, size: int) -> Tree | None:
+        """The round's token tree, or None to verify the chain alone: siblings go only into
+        rows the verification pads anyway, and not under history-dependent processors (a
+        sibling row's history would differ from the chain's)."""
+        if not self.tree or proposal is None or not proposal.siblings or sampling.processors:
+            return None
+        tree = plan_tree(proposal.k, [s.shape[0] for s in proposal.siblings], size)
+        return tree if tree.siblings else None
+
+    def _verify(self, proposal: Proposal | None, sampling: SamplingParams, rng
+                ) -> tuple[mx.array, Tree | None]:
+        """Lazy graph: target forward on [last, drafts] (and siblings), acceptance ->
+        [n, extra, drafts..., siblings..., the token after each sibling...], and the tree."""
         drafts = proposal.tokens if proposal else mx.zeros((0,), dtype=mx.int32)
         k = drafts.shape[0]
-        inputs = mx.concatenate([mx.array(self.context[-1:], dtype=mx.int32), drafts])
-        pad = self.policy.verify_tokens(k) - (k + 1)
-        if pad > 0:  # rows past k+1 are ignored and their cache entries trimmed
-            inputs = mx.concatenate([inputs, mx.zeros((pad,), dtype=mx.int32)])
-        logits = self.target(inputs[None], cache=self.cache)[0, : k + 1].astype(mx.float32)
+        size = self.policy.verify_tokens(k)
+        tree = self._tree(proposal, sampling, size)
+        inputs = [mx.array(self.context[-1:], dtype=mx.int32), drafts]
+        if tree is not None:
+            inputs.append(mx.stack([proposal.siblings[d - 1][r] for d, r in tree.siblings]))
+        pad = size - sum(x.shape[0] for x in inputs)
+        if pad > 0:  # padding rows are ignored and their cache entries trimmed
+            inputs.append(mx.zeros((pad,), dtype=mx.int32))
+        inputs = mx.concatenate(inputs)
+        if tree is None:
+            rows = self.target(inputs[None], cache=self.cache)[0]
+        else:
+            rows = tree_forward(self.target, inputs, tree, self.cache)
+        logits = rows[: k + 1].astype(mx.float32)
         if sampling.processors:
             # Row i must see the history plain decoding would have had: context + d_1..d_i.
             history = mx.array(self.context, dtype=mx.int32)
@@ -186,7 +212,21 @@ class Engine:
             u = mx.array(rng.random(k + 1, dtype=np.float32))
             q = proposal.q if proposal else None
             n, extra = accept(p, q, drafts, u, greedy=False, use_kernel=self.use_kernel)
-        return mx.concatenate([n[None], extra[None], drafts]).astype(mx.int32)
+        values = [n[None], extra[None], drafts]
+        if tree is not None:
+            values += [inputs[k + 1 : k + 1 + len(tree.siblings)], self._after_siblings(rows, tree, sampling, rng)]
+        return mx.concatenate(values).astype(mx.int32), tree
+
+    @staticmethod
+    def _after_siblings(rows: mx.array, tree: Tree, sampling: SamplingParams, rng) -> mx.array:
+        """The target's next token after each sibling, drawn as plain decoding draws it (the
+        round uses the one after the sibling that equals its extra token, if any)."""
+        logits = rows[tree.k + 1 : tree.k + 1 + len(tree.siblings)].astype(mx.float32)
+        if sampling.greedy:
+            return mx.argmax(logits - mx.logsumexp(logits, axis=-1, keepdims=True), axis=-1)
+        p = probabilities(logits, sampling)
+        u = mx.array(rng.random(p.shape[0], dtype=np.float32))
+        return mx.stack([sample_from_weights(p[j], u[j]) for j in range(p.shape[0])])
 
     def decode(
         self,
@@ -217,11 +257,19 @@ class Engine:
             t0 = time.perf_counter()
             proposal, shadows = self._propose(sampling, rng, max_tokens - generated - 1)
             t1 = time.perf_counter()
-            values = host_sync(self._verify(proposal, sampling, rng))
+            graph, tree = self._verify(proposal, sampling, rng)
+            values = host_sync(graph)
             t2 = time.perf_counter()
             stats.host_syncs += 1
-            n, extra, drafts = values[0], values[1], values[2:]
+            k = proposal.k if proposal else 0
+            n, extra, drafts = values[0], values[1], values[2 : 2 + k]
             committed = drafts[:n] + [extra]
+            node = None  # the sibling whose token is the extra one: its row gives one more
+            if tree is not None and n < k:
+                siblings = values[2 + k : 2 + k + len(tree.siblings)]
+                node = tree.node(n + 1, extra, siblings)
+                if node is not None:
+                    committed.append(values[2 + k + len(tree.siblings) + node - (k + 1)])
 
             # Stop conditions inside the round: never emit past them.
             text = ""
@@ -243,20 +291,24 @@ class Engine:
                 emitted, _ = stop_text.feed(text_stream.finalize())
                 text += emitted + stop_text.flush()
 
-            # Roll back: the target cache keeps [last, accepted drafts]; the new last is
-            # the final committed token, not yet processed.
+            # Roll back: the target cache keeps [last, accepted drafts (, the sibling)]; the
+            # new last is the final committed token, not yet processed.
+            if node is not None and len(committed) == n + 2:
+                base = len(self.context) - 1  # the root's cache entry
+                keep_node(self.cache, base + node, base + n + 1)
             self.context += committed
             rollback(self.cache, len(self.context) - 1)
             n_accepted = min(n, len(committed))
             for proposer in self.proposers:
                 proposer.observe(proposal, n_accepted, committed)
-            k = proposal.k if proposal else 0
             if proposal is not None:
-                self.policy.update(proposal.key, k, n)
+                tried = tree is not None and n < k and any(d == n + 1 for d, _ in tree.siblings)
+                self.policy.update(proposal.key, k, n, sibling=(node is not None) if tried else None)
             for shadow in shadows:
                 self.policy.update(shadow.key, *shadow_outcome(shadow.host, committed))
             stats.record_round(proposal.source if proposal else None, k, n_accepted, len(committed),
                                proposal.forwards if proposal else ())
+            stats.sibling_hits += node is not None and len(committed) > n
             t3 = time.perf_counter()
             stats.draft_time += t1 - t0
             stats.verify_time += t2 - t1
@@ -265,7 +317,7 @@ class Engine:
             stats.peak_memory_gb = mx.get_peak_memory() / 1e9
             yield Step(
                 tokens=committed,
-                drafted=[j < n_accepted for j in range(len(committed))],
+                drafted=[j < n_accepted or (j == n and node is not None) for j in range(len(committed))],
                 text=text,
                 finish_reason=finish,
                 stats=stats,

@@ -92,9 +92,13 @@ class FixedK:
         if self.estimates:
             self.estimates.reset()
 
-    def update(self, source: str, k: int, n: int) -> None:
+    def allow_siblings(self) -> None:
         if self.estimates:
-            self.estimates.update(source, k, n)
+            self.estimates.allow_siblings()
+
+    def update(self, source: str, k: int, n: int, sibling: bool | None = None) -> None:
+        if self.estimates:
+            self.estimates.update(source, k, n, sibling)
 
 
 def padded_tokens(costs: Costs | None, k: int) -> int:
@@ -122,7 +126,7 @@ class AdaptiveK:
     def __init__(self, costs: Costs, k_max: int = 8, prior: float = 0.9, decay: float = 0.85,
                  probe_every: int = 16, free_sources: tuple[str, ...] = ("ngram",),
                  free_prior: float = 0.5, probe_soon: int = 4, margin: float = 0.05,
-                 chain_factor: int = 3, chain_floor: int = 4):
+                 chain_factor: int = 3, chain_floor: int = 4, sibling_prior: float = 0.5):
         # a source key is "name", "name:detail" (the n-gram's matched length), or
         # "draft+ngram:n" (the draft checking an n-gram's guess)
         self.costs, self.k_max, self.decay, self.probe_every = costs, k_max, decay, probe_every
@@ -139,10 +143,16 @@ class AdaptiveK:
         # (the draft catching up on tokens it skipped, Python per step) is paid by drafting.
         self.margin = margin
         self.chain_factor, self.chain_floor = chain_factor, chain_floor  # see `chain`
+        # The verification may try the draft's runners-up in its padding rows (tree.py): then
+        # a rejected position still yields a token when the target's pick was one of them.
+        self.siblings = False
+        self.sibling_prior = sibling_prior
+        self.sibling_counts: dict[str, list[float]] = {}  # source -> [hits, misses], decayed
 
     def reset(self) -> None:
         """Back to the prior: a new conversation may be a different kind of text."""
         self.counts.clear()
+        self.sibling_counts.clear()
         self.idle.clear()
         self.wait.clear()
         self.probing.clear()
@@ -172,9 +182,32 @@ class AdaptiveK:
         """Acceptance of the first drafted position."""
         return self.alphas(source)[0]
 
+    def allow_siblings(self) -> None:
+        self.siblings = True
+
+    def sibling_rate(self, source: str) -> float:
+        """How often a rejected position's correction was one of the siblings tried there."""
+        hits, misses = self.sibling_counts.get(source, (0.0, 0.0))
+        return (hits + 2 * self.sibling_prior) / (hits + misses + 2)
+
+    def sibling_depths(self, source: str, k: int) -> int:
+        """Depths that get a sibling when `source` proposes k: one per free verification row
+        (tree.plan_tree gives every depth its best runner-up first); none for free sources,
+        which have no draft distribution to take runners-up from."""
+        if not self.siblings or self._free(source):
+            return 0
+        return min(k, self.verify_tokens(k) - (k + 1))
+
     def expected(self, source: str, k: int) -> float:
+        """1 + sum_j prod_{i<=j} alpha_i, plus, where siblings are tried at depth i, the chance
+        of reaching i, being rejected there and finding the correction among them."""
         total, reach = 1.0, 1.0
-        for a in self.alphas(source)[:k]:
+        covered, beta = self.sibling_depths(source, k), 0.0
+        if covered:
+            beta = self.sibling_rate(source)
+        for i, a in enumerate(self.alphas(source)[:k]):
+            if i < covered:
+                total += reach * (1 - a) * beta
             reach *= a
             total += reach
         return total
@@ -230,10 +263,15 @@ class AdaptiveK:
     def verify_tokens(self, k: int) -> int:
         return padded_tokens(self.costs, k)
 
-    def update(self, source: str, k: int, n: int) -> None:
-        """A round proposed k tokens from `source` and the target accepted n."""
+    def update(self, source: str, k: int, n: int, sibling: bool | None = None) -> None:
+        """A round proposed k tokens from `source` and the target accepted n; `sibling` says
+        whether siblings were tried at the rejected position and one was the correction."""
         if k == 0:
             return
+        if sibling is not None:
+            counts = self.sibling_counts.setdefault(source, [0.0, 0.0])
+            counts[0] = counts[0] * self.decay + sibling
+            counts[1] = counts[1] * self.decay + (not sibling)
         if n > 0:
             self.wait[source] = self.probe_soon
         elif source in self.probing:  # a failed probe: wait twice as long for the next

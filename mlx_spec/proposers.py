@@ -17,6 +17,7 @@ from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_p
 
 from mlx_spec.errors import SpecError
 from mlx_spec.sampling import SamplingParams, apply_processors, probabilities
+from mlx_spec.tree import SIBLINGS
 
 PREFILL_CHUNK = 512
 
@@ -26,7 +27,9 @@ class Proposal:
     """k proposed tokens; q their draft distributions (k, V_target), None for one-hot.
     `key` names the kind of proposal whose acceptance the policy tracks (default: source);
     `host` holds the tokens as a list when they were found on the host (n-gram); `forwards`
-    the token count of each draft forward that made them (what they cost)."""
+    the token count of each draft forward that made them (what they cost); `siblings` the
+    draft's runner-up tokens at each position (lazy arrays, None for a draft-free proposal),
+    which the verification may try beside the chain (`tree`)."""
 
     tokens: mx.array
     q: mx.array | None
@@ -34,6 +37,7 @@ class Proposal:
     key: str | None = None
     host: list[int] | None = None
     forwards: tuple[int, ...] = ()
+    siblings: list[mx.array] | None = None
 
     def __post_init__(self):
         self.key = self.key or self.source
@@ -47,7 +51,8 @@ class Proposal:
             return self
         q = self.q[:k] if self.q is not None else None
         host = self.host[:k] if self.host is not None else None
-        return Proposal(self.tokens[:k], q, self.source, self.key, host, self.forwards)
+        siblings = self.siblings[:k] if self.siblings is not None else None
+        return Proposal(self.tokens[:k], q, self.source, self.key, host, self.forwards, siblings)
 
 
 class Proposer(Protocol):
@@ -101,6 +106,17 @@ def padded_batch(tokens: int) -> int:
     """Tokens to feed a forward of `tokens` (padding where a larger batch costs less: on
     OpenBLAS a 16-token draft forward is cheaper than a 12-token one)."""
     return next((size for size in BATCH_SIZES if size >= tokens), tokens)
+
+
+def runners_up(logits: mx.array, choice: mx.array, ids: mx.array | None) -> mx.array:
+    """The SIBLINGS most likely tokens of a row of draft logits (1, V') other than the column
+    drawn (`choice`), best first, as token ids (lazy: computed only if the tree uses them)."""
+    width = logits.shape[-1]
+    m = min(SIBLINGS, width - 1)
+    scores = mx.where(mx.arange(width) == choice.reshape(1, 1), -mx.inf, logits)[0]
+    top = mx.argpartition(-scores, m - 1)[:m]
+    top = top[mx.argsort(-scores[top])]
+    return (top if ids is None else ids[top]).astype(mx.int32)
 
 
 def confidence(logits: mx.array, q: mx.array | None) -> mx.array:
@@ -162,7 +178,7 @@ class DraftModelProposer:
 
     def _draw(self, logits, ids, history, sampling: SamplingParams, rng):
         """One draft token from a row of logits -> (token (1,), q padded to the target's
-        vocabulary or None when greedy)."""
+        vocabulary or None when greedy, its runners-up)."""
         if ids is not None and sampling.processors:
             # history-dependent processors index logits by token id: give them the full row
             full = mx.full((1, self.target_vocab), -mx.inf, dtype=logits.dtype)
@@ -171,17 +187,19 @@ class DraftModelProposer:
             logits = apply_processors(sampling.processors, history, logits[:, : self.target_vocab])
         if sampling.greedy:
             choice = mx.argmax(logits, axis=-1)
-            return (choice if ids is None else ids[choice]).astype(mx.int32), None
+            runners = runners_up(logits, choice, ids)
+            return (choice if ids is None else ids[choice]).astype(mx.int32), None, runners
         q = probabilities(logits, sampling)
         key = mx.random.key(int(rng.integers(2**31)))
         choice = mx.random.categorical(mx.log(q), key=key)
+        runners = runners_up(logits, choice, ids)
         if ids is not None:  # q over the subset, zero elsewhere
             full = mx.zeros((1, self.target_vocab), dtype=q.dtype)
-            return ids[choice].astype(mx.int32), mx.put_along_axis(full, ids[None], q, axis=-1)
+            return ids[choice].astype(mx.int32), mx.put_along_axis(full, ids[None], q, axis=-1), runners
         pad = self.target_vocab - q.shape[-1]
         if pad > 0:  # ids the draft does not have get probability 0
             q = mx.concatenate([q, mx.zeros((1, pad), q.dtype)], axis=-1)
-        return choice.astype(mx.int32), q
+        return choice.astype(mx.int32), q, runners
 
     def propose(self, context, k, sampling, rng, stop_below: float = 0.0):
         """Up to k draft tokens, one draft step each. With `stop_below` > 0 the chain stops
@@ -197,22 +215,25 @@ class DraftModelProposer:
         # jumps need the drafted tokens on the host (read anyway when the chain can stop)
         guess = self.guess if stop_below > 0 and self.guess is not None and history is None else None
         tokens, qs, host = [], [], []  # host: the drafted tokens, read when the chain can stop
+        runners = []
         reach = 1.0  # the draft's own estimate that the chain so far is accepted
         feed = mx.array(pending)  # what the draft has not processed yet
         while True:
             room = k - len(tokens) - 1  # guessed tokens the chain has room for
             path = guess(context, host, room) if guess and room > 0 else []
             if path:
-                reach, token = self._jump(feed, path, sampling, rng, reach, stop_below, tokens, qs, host)
+                reach, token = self._jump(feed, path, sampling, rng, reach, stop_below,
+                                          tokens, qs, host, runners)
                 if token is None or len(tokens) == k:
                     break
             else:
                 logits, ids = self._forward(feed)
-                token, q = self._draw(logits, ids, history, sampling, rng)
+                token, q, alternatives = self._draw(logits, ids, history, sampling, rng)
                 if q is not None:
                     qs.append(q)
                 mx.async_eval(token)
                 tokens.append(token)
+                runners.append(alternatives)
                 if len(tokens) == k:
                     break
                 if stop_below > 0:
@@ -231,9 +252,10 @@ class DraftModelProposer:
             q=mx.concatenate(qs) if qs else None,
             source=self.name,
             forwards=tuple(self.forwards),
+            siblings=runners,
         )
 
-    def _jump(self, feed, path: list[int], sampling, rng, reach, stop_below, tokens, qs, host):
+    def _jump(self, feed, path: list[int], sampling, rng, reach, stop_below, tokens, qs, host, runners):
         """Check a guessed continuation of the chain with ONE draft forward over feed + path
         (feed: the tokens the draft has not processed yet, the chain's newest last).
 
@@ -251,13 +273,14 @@ class DraftModelProposer:
         inputs = mx.concatenate([feed, mx.array(path + [0] * pad, dtype=mx.int32)])
         rows, ids = self._forward(inputs, rows=fed + pad)
         drawn = [self._draw(rows[j : j + 1], ids, None, sampling, rng) for j in range(fed)]
-        confident = mx.stack([confidence(rows[j], q) for j, (_, q) in enumerate(drawn)])
-        mx.eval([d for d, _ in drawn], confident)
-        values, confidences = mx.concatenate([d for d, _ in drawn]).tolist(), confident.tolist()
+        confident = mx.stack([confidence(rows[j], q) for j, (_, q, _) in enumerate(drawn)])
+        mx.eval([d for d, _, _ in drawn], confident)
+        values, confidences = mx.concatenate([d for d, _, _ in drawn]).tolist(), confident.tolist()
         self.jumps += 1
         stopped = False
-        for j, (value, (d, q)) in enumerate(zip(values, drawn)):
+        for j, (value, (d, q, alternatives)) in enumerate(zip(values, drawn)):
             tokens.append(d)
+            runners.append(alternatives)
             host.append(value)
             if q is not None:
                 qs.append(q)
@@ -283,11 +306,12 @@ class DraftModelProposer:
         pending = context[len(self.seen) :]
         self.forwards = []
         rows, ids = self._forward(mx.array(pending + path), rows=len(path) + 1)
-        tokens, qs = [], []
+        tokens, qs, runners = [], [], []
         for i in range(len(path) + 1):
             history = mx.array(context + path[:i]) if sampling.processors else None
-            token, q = self._draw(rows[i : i + 1], ids, history, sampling, rng)
+            token, q, alternatives = self._draw(rows[i : i + 1], ids, history, sampling, rng)
             tokens.append(token)
+            runners.append(alternatives)
             if q is not None:
                 qs.append(q)
         self._inflight = (pending, list(path), len(path) + 1)
@@ -299,6 +323,7 @@ class DraftModelProposer:
             source=f"{self.name}+path",
             key=key,
             forwards=tuple(self.forwards),
+            siblings=runners,
         )
 
     def observe(self, proposal, n_accepted, committed):

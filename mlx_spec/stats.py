@@ -20,6 +20,7 @@ class Stats:
     host_syncs: int = 0  # host synchronisations inside rounds
     drafted: int = 0  # proposed tokens, all rounds
     accepted: int = 0  # proposed tokens the target accepted
+    sibling_hits: int = 0  # rounds whose extra token was a sibling: one more token from the tree
     proposed_by_position: list[int] = field(default_factory=list)
     accepted_by_position: list[int] = field(default_factory=list)
     k_counts: Counter = field(default_factory=Counter)
@@ -113,6 +114,7 @@ class Stats:
             "accepted": self.accepted,
             "acceptance_rate": self.acceptance_rate,
             "acceptance_by_position": self.acceptance_by_position,
+            "sibling_hits": self.sibling_hits,
             "mean_k": self.mean_k,
             "k_counts": {str(k): v for k, v in sorted(self.k_counts.items())},
             "rounds_by_source": dict(self.rounds_by_source),

@@ -20,7 +20,7 @@ import mlx_spec.decode as decode
 from mlx_spec.acceptance import accept_sampled, leading_accepts, sample_from_weights
 from mlx_spec.decode import Engine
 from mlx_spec.draft_head import SubsetHead
-from mlx_spec.policy import FixedK
+from mlx_spec.policy import Costs, FixedK
 from mlx_spec.proposers import DraftModelProposer, NgramProposer
 from mlx_spec.sampling import SamplingParams, probabilities
 
@@ -129,7 +129,14 @@ def jumping_draft(draft) -> DraftModelProposer:
     return proposer
 
 
+def padded(k: int) -> FixedK:
+    """Fixed k, verified in 8 rows: the rows past the chain hold the draft's runners-up."""
+    return FixedK(k, Costs(draft_step=0.1, verify=[1.0] * 4, verify_tokens=[1] + [8] * 3))
+
+
 def make_engine(target, draft, proposer: str, k: int):
+    if proposer == "tree":
+        return Engine(target, ByteTokenizer(), [DraftModelProposer(draft, VOCAB)], policy=padded(k))
     if proposer == "stop":
         return Engine(target, ByteTokenizer(), [DraftModelProposer(draft, VOCAB)], policy=StopEarly(k))
     if proposer == "jump":
@@ -147,7 +154,7 @@ def make_engine(target, draft, proposer: str, k: int):
     "proposer,k,setting",
     [("draft", 2, "t1"), ("draft", 3, "t0.7-top_p"), ("draft", 2, "top_k-min_p"), ("ngram", 3, "t1"),
      ("plain", 0, "t1"), ("subset", 3, "t1"), ("stop", 3, "t1"),
-     ("jump", 3, "t1"), ("jump", 3, "t0.7-top_p")],
+     ("jump", 3, "t1"), ("jump", 3, "t0.7-top_p"), ("tree", 1, "t1"), ("tree", 2, "t0.7-top_p")],
 )
 def test_sampled_output_follows_target_distribution(target, draft, proposer, k, setting):
     params = SETTINGS[setting]
@@ -158,6 +165,35 @@ def test_sampled_output_follows_target_distribution(target, draft, proposer, k, 
                               extra=1 if proposer in ("stop", "jump") else 0)
     stat, dof = chi_square(counts, exact)
     assert stat < bound(dof), f"chi-square {stat:.1f} with {dof} dof"
+
+
+def test_the_tree_harness_takes_tokens_from_siblings(target, draft):
+    engine = make_engine(target, draft, "tree", 2)
+    assert engine.tree
+    hits = rounds = 0
+    for seed in range(200):
+        for step in engine.decode(PROMPT, sampling=SamplingParams(seed=seed, temperature=1.0), max_tokens=LENGTH):
+            pass
+        hits, rounds = hits + step.stats.sibling_hits, rounds + step.stats.rounds
+    assert hits > rounds / 10  # a sibling often holds the correction: the tree path is tested
+
+
+def test_the_harness_catches_a_sibling_row_read_wrongly(target, draft, monkeypatch):
+    """The token after an accepted sibling drawn from the chain's row at the same depth (the
+    distribution after the rejected draft, not after the sibling) must fail the bound."""
+    after = Engine._after_siblings
+
+    def wrong(rows, tree, sampling, rng):
+        chain_rows = mx.stack([rows[depth] for depth, _ in tree.siblings])
+        shifted = mx.concatenate([rows[: tree.k + 1], chain_rows, rows[tree.k + 1 + len(tree.siblings) :]])
+        return after(shifted, tree, sampling, rng)
+
+    monkeypatch.setattr(Engine, "_after_siblings", staticmethod(wrong))
+    params = SETTINGS["t1"]
+    exact = exact_distribution(target, SamplingParams(**params))
+    counts = empirical_counts(make_engine(target, draft, "tree", 1), lambda seed: SamplingParams(seed=seed, **params))
+    stat, dof = chi_square(counts, exact)
+    assert stat > bound(dof)
 
 
 def test_the_stopping_harness_does_stop_chains(target, draft):
