@@ -172,7 +172,7 @@ class Engine:
         sibling row's history would differ from the chain's)."""
         if not self.tree or proposal is None or not proposal.siblings or sampling.processors:
             return None
-        tree = plan_tree(proposal.k, [s.shape[0] for s in proposal.siblings], size)
+        tree = plan_tree(proposal.k, [s.shape[0] for s in proposal.siblings], size, proposal.confidences)
         return tree if tree.siblings else None
 
     def _verify(self, proposal: Proposal | None, sampling: SamplingParams, rng

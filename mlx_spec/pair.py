@@ -76,6 +76,7 @@ class Pair:
     use_kernel: bool | None = None
     context_length: int | None = None
     subset_vocab: bool = True  # the draft scores only ASCII tokens + the conversation's
+    tree: bool = True  # the draft's runners-up ride in the verification's padding rows
     last_stats: Stats | None = field(default=None, init=False)
 
     def __post_init__(self):
@@ -98,6 +99,7 @@ class Pair:
             proposers,
             policy=self._policy(bool(proposers)),
             use_kernel=self.use_kernel,
+            tree=self.tree,
         )
 
     def _policy(self, drafting: bool):
@@ -212,13 +214,16 @@ def load_pair(
     dtype: str | None = None,
     use_kernel: bool | None = None,
     subset_vocab: bool = True,
+    tree: bool = True,
 ) -> Pair:
     """Load a pair once. `target` is a pair name from models.toml, a local directory or a
     Hugging Face repo id. `draft`: None (the pair's draft, or plain decoding for a bare
     target), a reference, "ngram" (draft-free), or "none". `ngram` adds n-gram proposals
     beside the draft model (None: on; each round the policy ranks the sources by expected
     rate). `k`: fixed proposal length; None adapts it. `subset_vocab`: the draft scores only plain-text
-    tokens and the conversation's own (a cheaper output layer; lossless either way)."""
+    tokens and the conversation's own (a cheaper output layer; lossless either way). `tree`:
+    the draft's runners-up are verified beside its chain where the verification has padding
+    rows (lossless either way)."""
     from mlx_spec.loading import load_model
     from mlx_spec.registry import load_registry
 
@@ -254,4 +259,5 @@ def load_pair(
         draft_bytes=loaded_draft.nbytes if loaded_draft else 0,
         use_kernel=use_kernel,
         subset_vocab=subset_vocab,
+        tree=tree,
     )

@@ -8,7 +8,7 @@ the context on the host and costs nearly nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import mlx.core as mx
@@ -29,7 +29,8 @@ class Proposal:
     `host` holds the tokens as a list when they were found on the host (n-gram); `forwards`
     the token count of each draft forward that made them (what they cost); `siblings` the
     draft's runner-up tokens at each position (lazy arrays, None for a draft-free proposal),
-    which the verification may try beside the chain (`tree`)."""
+    which the verification may try beside the chain (`tree`), and `confidences` the draft's
+    top probability at the positions it read on the host (where the tree's rows go)."""
 
     tokens: mx.array
     q: mx.array | None
@@ -38,6 +39,7 @@ class Proposal:
     host: list[int] | None = None
     forwards: tuple[int, ...] = ()
     siblings: list[mx.array] | None = None
+    confidences: list[float] | None = None  # the draft's top probability per token, when read
 
     def __post_init__(self):
         self.key = self.key or self.source
@@ -52,7 +54,8 @@ class Proposal:
         q = self.q[:k] if self.q is not None else None
         host = self.host[:k] if self.host is not None else None
         siblings = self.siblings[:k] if self.siblings is not None else None
-        return Proposal(self.tokens[:k], q, self.source, self.key, host, self.forwards, siblings)
+        confidences = self.confidences[:k] if self.confidences is not None else None
+        return Proposal(self.tokens[:k], q, self.source, self.key, host, self.forwards, siblings, confidences)
 
 
 class Proposer(Protocol):
@@ -125,6 +128,33 @@ def confidence(logits: mx.array, q: mx.array | None) -> mx.array:
     if q is not None:
         return q.max()
     return mx.exp(logits.max() - mx.logsumexp(logits))
+
+
+@dataclass
+class Chain:
+    """A draft chain being built: its tokens (lazy), their q rows (sampling) and runners-up,
+    and, when the chain reads each token on the host, the tokens, the draft's confidence in
+    each, and `reach`, the draft's own estimate that the chain so far is accepted."""
+
+    tokens: list[mx.array] = field(default_factory=list)
+    qs: list[mx.array] = field(default_factory=list)
+    runners: list[mx.array] = field(default_factory=list)
+    host: list[int] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)
+    reach: float = 1.0
+
+    def add(self, token: mx.array, q: mx.array | None, runners: mx.array) -> None:
+        self.tokens.append(token)
+        self.runners.append(runners)
+        if q is not None:
+            self.qs.append(q)
+
+    def read(self, token: int, confidence: float) -> float:
+        """The newest token as read on the host; returns the chain's reach after it."""
+        self.host.append(token)
+        self.confidences.append(confidence)
+        self.reach *= confidence
+        return self.reach
 
 
 class DraftModelProposer:
@@ -214,48 +244,41 @@ class DraftModelProposer:
         history = mx.array(context) if sampling.processors else None
         # jumps need the drafted tokens on the host (read anyway when the chain can stop)
         guess = self.guess if stop_below > 0 and self.guess is not None and history is None else None
-        tokens, qs, host = [], [], []  # host: the drafted tokens, read when the chain can stop
-        runners = []
-        reach = 1.0  # the draft's own estimate that the chain so far is accepted
+        chain = Chain()
         feed = mx.array(pending)  # what the draft has not processed yet
         while True:
-            room = k - len(tokens) - 1  # guessed tokens the chain has room for
-            path = guess(context, host, room) if guess and room > 0 else []
+            room = k - len(chain.tokens) - 1  # guessed tokens the chain has room for
+            path = guess(context, chain.host, room) if guess and room > 0 else []
             if path:
-                reach, token = self._jump(feed, path, sampling, rng, reach, stop_below,
-                                          tokens, qs, host, runners)
-                if token is None or len(tokens) == k:
+                token = self._jump(feed, path, sampling, rng, stop_below, chain)
+                if token is None or len(chain.tokens) == k:
                     break
             else:
                 logits, ids = self._forward(feed)
-                token, q, alternatives = self._draw(logits, ids, history, sampling, rng)
-                if q is not None:
-                    qs.append(q)
+                token, q, runners = self._draw(logits, ids, history, sampling, rng)
                 mx.async_eval(token)
-                tokens.append(token)
-                runners.append(alternatives)
-                if len(tokens) == k:
+                chain.add(token, q, runners)
+                if len(chain.tokens) == k:
                     break
                 if stop_below > 0:
                     confident = confidence(logits, q)
                     mx.eval(token, confident)
-                    host.append(token.item())
-                    reach *= confident.item()
-                    if reach < stop_below:
+                    if chain.read(token.item(), confident.item()) < stop_below:
                         break
             if history is not None:
                 history = mx.concatenate([history, token])
             feed = token
-        self._inflight = (pending, None, len(tokens))
+        self._inflight = (pending, None, len(chain.tokens))
         return Proposal(
-            tokens=mx.concatenate(tokens),
-            q=mx.concatenate(qs) if qs else None,
+            tokens=mx.concatenate(chain.tokens),
+            q=mx.concatenate(chain.qs) if chain.qs else None,
             source=self.name,
             forwards=tuple(self.forwards),
-            siblings=runners,
+            siblings=chain.runners,
+            confidences=chain.confidences,
         )
 
-    def _jump(self, feed, path: list[int], sampling, rng, reach, stop_below, tokens, qs, host, runners):
+    def _jump(self, feed, path: list[int], sampling, rng, stop_below, chain: "Chain"):
         """Check a guessed continuation of the chain with ONE draft forward over feed + path
         (feed: the tokens the draft has not processed yet, the chain's newest last).
 
@@ -263,9 +286,9 @@ class DraftModelProposer:
         from each. The chain takes d_0, d_1, ... while d_j equals path[j] (so the next row's
         condition is what the chain really holds) and ends its jump at the first d_j that
         differs: every token taken is a draw from the draft given the tokens before it, as in
-        step-by-step drafting, for the cost of one forward. Appends to tokens/qs/host, trims
-        the draft cache back to the chain but its newest token, and returns (reach, the newest
-        token to feed next), or (reach, None) when the confidence stop ended the chain.
+        step-by-step drafting, for the cost of one forward. Adds the tokens taken to `chain`,
+        trims the draft cache back to the chain but its newest token, and returns the newest
+        token to feed next, or None when the confidence stop ended the chain.
         """
         start = cache_length(self.cache) + feed.shape[0]  # the chain up to and with `feed`
         fed = len(path) + 1  # rows that draw a token: feed's last and each guessed one
@@ -278,14 +301,9 @@ class DraftModelProposer:
         values, confidences = mx.concatenate([d for d, _, _ in drawn]).tolist(), confident.tolist()
         self.jumps += 1
         stopped = False
-        for j, (value, (d, q, alternatives)) in enumerate(zip(values, drawn)):
-            tokens.append(d)
-            runners.append(alternatives)
-            host.append(value)
-            if q is not None:
-                qs.append(q)
-            reach *= confidences[j]
-            if reach < stop_below:
+        for j, (value, (d, q, runners)) in enumerate(zip(values, drawn)):
+            chain.add(d, q, runners)
+            if chain.read(value, confidences[j]) < stop_below:
                 stopped = True
                 break
             if j == len(path) or value != path[j]:
@@ -293,7 +311,7 @@ class DraftModelProposer:
         self.jumped += j  # tokens of the guess the draft confirmed in one forward
         # the cache holds the chain but its newest token: feed and path[:j] (= d_0..d_{j-1})
         rollback(self.cache, start + j)
-        return reach, (None if stopped else tokens[-1])
+        return None if stopped else chain.tokens[-1]
 
     def propose_along(self, context, path: list[int], sampling, rng, key: str) -> Proposal:
         """len(path)+1 draft tokens from ONE forward over a guessed continuation (an n-gram's).

@@ -75,7 +75,8 @@ def stats_rows(stats: Stats) -> list[tuple[str, str]]:
         ("rounds", f"{stats.rounds} (target forwards {stats.target_forwards}, "
                    f"host syncs {stats.host_syncs})"),
         ("τ (tokens/round)", f"{stats.tau:.2f}"),
-        ("drafted / accepted", f"{stats.drafted} / {stats.accepted}"),
+        ("drafted / accepted", f"{stats.drafted} / {stats.accepted}"
+                               + (f" (+{stats.sibling_hits} from siblings)" if stats.sibling_hits else "")),
         ("acceptance rate", f"{stats.acceptance_rate:.1%}"),
         ("by position", _percent_list(stats.acceptance_by_position)),
         ("k chosen", _counts(stats.k_counts)),

@@ -19,6 +19,11 @@ import numpy as np
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 SIBLINGS = 4  # runner-up tokens the draft offers per drafted position
+# How much a runner-up of each rank is worth next to the best one: measured on Qwen2.5-Coder
+# 0.5B against 1.5B (open-ended text), the target's token was the draft's 2nd, 3rd, 4th, 5th
+# choice about in these proportions where the draft's first was wrong.
+RANK_WORTH = (1.0, 0.5, 0.3, 0.2)
+UNREAD = 0.5  # confidence assumed for a drafted token the chain did not read on the host
 
 
 @dataclass
@@ -53,18 +58,25 @@ class Tree:
         return None
 
 
-def plan_tree(k: int, ranks: list[int], size: int) -> Tree:
-    """Fill the rows past the chain with siblings: first the best runner-up at every depth,
-    then the second at every depth, and so on (depth 1 is always reached; a runner-up at depth
-    i matters only when d_1..d_{i-1} were accepted). ranks[i]: runners-up available at depth
-    i+1."""
-    free = size - (k + 1)
-    siblings = []
-    for rank in range(max(ranks, default=0)):
-        for i in range(k):
-            if len(siblings) < free and rank < ranks[i]:
-                siblings.append((i + 1, rank))
-    return Tree(k, siblings, size)
+def plan_tree(k: int, ranks: list[int], size: int, confidences: list[float] | None = None) -> Tree:
+    """Fill the rows past the chain with the siblings most likely to be needed. A sibling at
+    depth i is used when d_1..d_{i-1} are accepted and d_i is not: with the draft's confidence
+    c_j in each drafted token, about c_1..c_{i-1} (1 - c_i), times its rank's worth. Without
+    confidences every depth weighs the same: the best runner-up at every depth, then the
+    second at every depth, and so on. ranks[i]: runners-up available at depth i+1."""
+    read = list(confidences or [])
+    weights, reach = [], 1.0
+    for i in range(k):
+        if not read:
+            weights.append(1.0)
+            continue
+        c = read[i] if i < len(read) else UNREAD
+        weights.append(reach * (1.0 - c))
+        reach *= c
+    candidates = [(i, rank) for i in range(k) for rank in range(min(ranks[i], len(RANK_WORTH)))]
+    candidates.sort(key=lambda c: (-weights[c[0]] * RANK_WORTH[c[1]], c[1], c[0]))
+    free = max(size - (k + 1), 0)
+    return Tree(k, [(i + 1, rank) for i, rank in candidates[:free]], size)
 
 
 class PositionedRope:

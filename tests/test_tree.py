@@ -29,6 +29,28 @@ def test_every_depth_gets_its_best_runner_up_before_any_depth_gets_a_second():
     assert plan_tree(2, [4, 4], 3).siblings == []  # no free row: the chain alone
 
 
+def test_siblings_go_where_the_draft_expects_its_chain_to_break():
+    # sure of d1..d7, unsure of d8, sure of d9, d10 not read: rows go to depths 8 and 10
+    confidences = [0.99] * 7 + [0.6, 0.9]
+    assert plan_tree(10, [4] * 10, 16, confidences).siblings == [(8, 0), (10, 0), (8, 1), (10, 1), (8, 2)]
+    # depth 1 is always reached: an unsure first token gets more rows than an unsure third
+    assert plan_tree(3, [4] * 3, 8, [0.5, 0.9, 0.3]).siblings == [(1, 0), (3, 0), (1, 1), (3, 1)]
+
+
+def test_a_chain_that_reads_its_tokens_records_the_drafts_confidence_in_each(stories):
+    model, tok = stories
+    proposer = DraftModelProposer(quantized_copy(model, bits=2), 512)
+    context = tok.encode(PROMPT)
+    proposer.prefill(context)
+    from mlx_spec.sampling import SamplingParams
+
+    proposal = proposer.propose(context, 6, SamplingParams(), None, stop_below=1e-9)
+    assert len(proposal.confidences) == proposal.k - 1  # the chain's last token is not read
+    assert all(0.0 < c <= 1.0 for c in proposal.confidences)
+    assert len(proposal.siblings) == proposal.k
+    assert proposal.truncated(3).confidences == proposal.confidences[:3]
+
+
 def test_each_node_sees_the_cache_its_ancestors_and_itself():
     tree = Tree(2, [(1, 0), (2, 0)], 6)  # root, d1, d2, sibling of d1, sibling of d2, padding
     mask = np.array(tree.mask(cached=3))
