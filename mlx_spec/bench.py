@@ -240,6 +240,40 @@ def summarize(records: list[dict], arm_names: list[str]) -> dict:
     return summary
 
 
+def merge_results(results: list[dict]) -> dict:
+    """One result from runs of the same models on the same machine at different temperatures
+    (e.g. the greedy and the temperature-0.7 halves of the suite, run as two commands): runs
+    side by side, summary recomputed, each part's temperatures, arms and date kept."""
+    first = results[0]
+    for other in results[1:]:
+        if other["machine"].get("chip") != first["machine"].get("chip") or \
+                {r: m["name"] for r, m in other["models"].items()} != {r: m["name"] for r, m in first["models"].items()}:
+            raise SpecError("these results are from different machines or models",
+                            "merge the parts of one suite; put different machines side by side with `bench compare`")
+    temperatures = [t for r in results for t in r["settings"]["temperatures"]]
+    if len(set(temperatures)) < len(temperatures):
+        raise SpecError("two results hold runs at the same temperature",
+                        "merge parts run at different temperatures (--temps)")
+    arms: dict[str, dict] = {}
+    for r in results:
+        for arm in r["settings"]["arms"]:
+            arms.setdefault(arm["name"], arm)
+    parts = [part for r in results for part in r["settings"].get("parts") or [{
+        "temperatures": r["settings"]["temperatures"], "arms": [a["name"] for a in r["settings"]["arms"]],
+        "created": r["created"]}]]
+    runs = [run for r in results for run in r["runs"]]
+    return {
+        **first,
+        "created": max(r["created"] for r in results),
+        "settings": {**first["settings"], "temperatures": sorted(set(temperatures)),
+                     "arms": list(arms.values()), "parts": parts},
+        "calibration": next((r["calibration"] for r in results if r.get("calibration")), None),
+        "runs": runs,
+        "greedy_mismatches": [m for r in results for m in r["greedy_mismatches"]],
+        "summary": summarize(runs, list(arms)),
+    }
+
+
 def write_result(result: dict, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""`mlx-spec bench` and `mlx-spec bench compare`: the command-line face of bench.py."""
+"""`mlx-spec bench`, `bench compare` and `bench merge`: the command-line face of bench.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ bench_app = typer.Typer(
     no_args_is_help=False,
     help="Benchmark a pair: plain decoding vs mlx-spec vs mlx-lm's speculative decoding, "
     "interleaved in one run.\n\nExamples:\n\n  mlx-spec bench --pair qwen2.5-coder-1.5b --prompts-per-category 2\n\n"
-    "  mlx-spec bench compare m3pro.json m4.json --out compare.md --plot compare.png",
+    "  mlx-spec bench compare m3pro.json m4.json --out compare.md --plot compare.png\n\n"
+    "  mlx-spec bench merge greedy.json t07.json --out result.json",
 )
 
 
@@ -111,3 +112,25 @@ def compare(
         Path(out).write_text(table)
     if plot:
         plot_compare(loaded, names, plot)
+
+
+@bench_app.command()
+def merge(
+    results: List[Path] = typer.Argument(..., help="Result files of one suite, run at different temperatures."),
+    out: Path = typer.Option(..., help="Write the merged result here."),
+    plot: Optional[Path] = typer.Option(None, help="Also write a PNG of speed-ups per category."),
+):
+    """One result from the parts of a suite run as separate commands (same machine and models).
+
+    Example: mlx-spec bench merge greedy.json t07.json --out result.json --plot result.png
+    """
+    from rich.console import Console
+
+    from mlx_spec.bench import merge_results, read_result, write_result
+    from mlx_spec.bench_report import plot_result, print_summary
+
+    merged = merge_results([read_result(p) for p in results])
+    write_result(merged, out)
+    print_summary(merged, Console())
+    if plot:
+        plot_result(merged, plot)

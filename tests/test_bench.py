@@ -9,7 +9,8 @@ from collections import Counter
 import pytest
 from typer.testing import CliRunner
 
-from mlx_spec.bench import SCHEMA, Bench, Run, default_arms, read_result, run_suite, summarize, write_result
+from mlx_spec.bench import (SCHEMA, Bench, Run, default_arms, merge_results, read_result, run_suite, summarize,
+                             write_result)
 from mlx_spec.bench_report import compare_markdown, plot_result, summary_markdown
 from mlx_spec.cli import app
 from mlx_spec.errors import SpecError
@@ -160,3 +161,34 @@ def test_the_arm_order_turns_round_from_one_prompt_to_the_next():
     by_prompt = {(r["prompt"], r["arm"]): r for r in result["runs"]}
     assert [by_prompt[("b", n)]["position"] for n in names] == list(range(len(names)))[::-1]
     assert all(r["speedup"] == 1.0 and r["identical"] for r in result["runs"])
+
+
+def part(result: dict, temperature: float) -> dict:
+    """The result as if only `temperature` had been run."""
+    runs = [r for r in result["runs"] if r["temperature"] == temperature]
+    arms = [a["name"] for a in result["settings"]["arms"]]
+    return {**result, "settings": {**result["settings"], "temperatures": [temperature]},
+            "runs": runs, "summary": summarize(runs, arms)}
+
+
+def test_the_parts_of_a_suite_merge_into_the_whole(result, tmp_path):
+    merged = merge_results([part(result, 0.0), part(result, 0.7)])
+    assert merged["summary"] == result["summary"]
+    assert merged["runs"] == result["runs"]
+    assert merged["settings"]["temperatures"] == [0.0, 0.7]
+    assert [p["temperatures"] for p in merged["settings"]["parts"]] == [[0.0], [0.7]]
+    paths = [write_result(part(result, t), tmp_path / f"{t}.json") for t in (0.0, 0.7)]
+    out = tmp_path / "merged.json"
+    cli = CliRunner().invoke(app, ["bench", "merge", *map(str, paths), "--out", str(out)])
+    assert cli.exit_code == 0, cli.output
+    assert read_result(out)["summary"] == result["summary"]
+
+
+def test_merging_refuses_overlapping_temperatures_and_other_models(result):
+    greedy = part(result, 0.0)
+    with pytest.raises(SpecError, match="same temperature"):
+        merge_results([greedy, greedy])
+    other = part(result, 0.7)
+    other["models"] = {**other["models"], "target": {**other["models"]["target"], "name": "another"}}
+    with pytest.raises(SpecError, match="different machines or models"):
+        merge_results([greedy, other])
