@@ -39,14 +39,19 @@ class Arm:
     kind: str
     k: int | None = None  # spec: None adapts; mlx-lm: num_draft_tokens (0: no draft)
     ngram: bool = False
+    tree: bool = True  # spec: the draft's runners-up ride in the verification's padding rows
 
 
-def default_arms(k_fixed: int = 3, mlx_lm_ks: tuple[int, ...] = (3, 5)) -> list[Arm]:
+def default_arms(k_fixed: int = 3, mlx_lm_ks: tuple[int, ...] = (3, 5), chain: bool = False) -> list[Arm]:
+    """The suite's arms; `chain` adds adaptive mlx-spec verifying the draft's chain alone (no
+    token tree), to measure what the tree is worth."""
     arms = [
         Arm("plain", "plain"),
         Arm("mlx-spec adaptive", "spec", None, ngram=True),
         Arm(f"mlx-spec k={k_fixed}", "spec", k_fixed, ngram=True),
     ]
+    if chain:
+        arms.append(Arm("mlx-spec adaptive chain", "spec", None, ngram=True, tree=False))
     arms += [Arm(f"mlx-lm k={k}", "mlx-lm", k) for k in mlx_lm_ks]
     return arms
 
@@ -90,6 +95,7 @@ class Bench:
                     ngram=arm.ngram, k=arm.k, target_name=target.name,
                     draft_name=draft.name if draft else None,
                     target_bytes=target.nbytes, draft_bytes=draft.nbytes if draft else 0,
+                    tree=arm.tree,
                 )
         any_pair = next(iter(self.pairs.values()), None) or Pair(target.model, target.tokenizer)
         self.encode = any_pair.encode

@@ -192,3 +192,15 @@ def test_merging_refuses_overlapping_temperatures_and_other_models(result):
     other["models"] = {**other["models"], "target": {**other["models"]["target"], "name": "another"}}
     with pytest.raises(SpecError, match="different machines or models"):
         merge_results([greedy, other])
+
+
+def test_a_chain_arm_measures_the_suite_without_the_token_tree(stories_path):
+    from mlx_spec.loading import load_model
+
+    loaded = load_model(str(stories_path))
+    arms = default_arms(k_fixed=3, mlx_lm_ks=(), chain=True)
+    assert [a.name for a in arms] == ["plain", "mlx-spec adaptive", "mlx-spec k=3", "mlx-spec adaptive chain"]
+    bench = Bench(loaded, loaded, arms, max_tokens=8, chat=False)
+    assert bench.pairs["mlx-spec adaptive"].engine.tree
+    assert not bench.pairs["mlx-spec adaptive chain"].engine.tree
+    assert bench.run(arms[3], bench.encode("Once upon a time", chat=False), 0.0, 0).stats["sibling_hits"] == 0
