@@ -293,7 +293,8 @@ class Engine:
 
             # Roll back: the target cache keeps [last, accepted drafts (, the sibling)]; the
             # new last is the final committed token, not yet processed.
-            if node is not None and len(committed) == n + 2:
+            from_tree = node is not None and len(committed) == n + 2  # the stop kept its token
+            if from_tree:
                 base = len(self.context) - 1  # the root's cache entry
                 keep_node(self.cache, base + node, base + n + 1)
             self.context += committed
@@ -308,7 +309,7 @@ class Engine:
                 self.policy.update(shadow.key, *shadow_outcome(shadow.host, committed))
             stats.record_round(proposal.source if proposal else None, k, n_accepted, len(committed),
                                proposal.forwards if proposal else ())
-            stats.sibling_hits += node is not None and len(committed) > n
+            stats.sibling_hits += from_tree
             t3 = time.perf_counter()
             stats.draft_time += t1 - t0
             stats.verify_time += t2 - t1

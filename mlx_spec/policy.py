@@ -191,9 +191,10 @@ class AdaptiveK:
         return (hits + 2 * self.sibling_prior) / (hits + misses + 2)
 
     def sibling_depths(self, source: str, k: int) -> int:
-        """Depths that get a sibling when `source` proposes k: one per free verification row
-        (tree.plan_tree gives every depth its best runner-up first); none for free sources,
-        which have no draft distribution to take runners-up from."""
+        """Depths counted as having a sibling when `source` proposes k: one per free
+        verification row, up to k (tree.plan_tree may stack them where the draft is unsure
+        instead; the estimate assumes one each); none for free sources, which have no draft
+        distribution to take runners-up from."""
         if not self.siblings or self._free(source):
             return 0
         return min(k, self.verify_tokens(k) - (k + 1))
