@@ -22,7 +22,7 @@ import mlx.core as mx
 
 from mlx_spec.errors import SpecError
 from mlx_spec.pair import Pair
-from mlx_spec.platform import machine
+from mlx_spec.platform import machine, software
 
 SCHEMA = "mlx-spec-bench/1"
 CATEGORIES = ("code", "math", "open", "edit")
@@ -194,7 +194,7 @@ def run_suite(bench: Bench, prompts: dict, temperatures=(0.0, 0.7), repeats: int
         "settings": {
             "max_tokens": bench.max_tokens, "chat_template": bench.chat, "repeats": repeats,
             "temperatures": list(temperatures), "arms": [vars(a) for a in bench.arms],
-            "baseline": bench.arms[0].name,
+            "baseline": bench.arms[0].name, "mlx_spec": software(),
         },
         "calibration": next((asdict(c) for c in map(bench.costs, bench.arms) if c), None),
         "runs": records,
@@ -266,13 +266,15 @@ def merge_results(results: list[dict]) -> dict:
             arms.setdefault(arm["name"], arm)
     parts = [part for r in results for part in r["settings"].get("parts") or [{
         "temperatures": r["settings"]["temperatures"], "arms": [a["name"] for a in r["settings"]["arms"]],
-        "created": r["created"]}]]
+        "created": r["created"], "mlx_spec": r["settings"].get("mlx_spec")}]]
     runs = [run for r in results for run in r["runs"]]
+    stamps = [part.get("mlx_spec") for part in parts]
     return {
         **first,
         "created": max(r["created"] for r in results),
         "settings": {**first["settings"], "temperatures": sorted(set(temperatures)),
-                     "arms": list(arms.values()), "parts": parts},
+                     "arms": list(arms.values()), "parts": parts,
+                     "mlx_spec": stamps[0] if all(s == stamps[0] for s in stamps) else None},
         "calibration": next((r["calibration"] for r in results if r.get("calibration")), None),
         "runs": runs,
         "greedy_mismatches": [m for r in results for m in r["greedy_mismatches"]],

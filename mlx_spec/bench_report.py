@@ -48,10 +48,26 @@ def machine_line(result: dict) -> str:
     return f"{m.get('chip')} ({m.get('backend')}{bw}), mlx {m.get('mlx_version')}, mlx-lm {m.get('mlx_lm_version')}"
 
 
+def _stamp(stamp: dict | None) -> str:
+    if not stamp:
+        return "unknown"
+    return stamp.get("version", "?") + (f" (commit {stamp['commit']})" if stamp.get("commit") else "")
+
+
+def software_line(result: dict) -> str:
+    """mlx-spec's version and commit; per part for a merged result whose parts differ."""
+    settings = result["settings"]
+    parts = settings.get("parts") or []
+    if parts and settings.get("mlx_spec") is None and any(p.get("mlx_spec") for p in parts):
+        return "; ".join(f"{_stamp(p.get('mlx_spec'))} at T={','.join(map(str, p['temperatures']))}" for p in parts)
+    return _stamp(settings.get("mlx_spec"))
+
+
 def summary_markdown(result: dict) -> str:
     models = result["models"]
     head = [
         f"Machine: {machine_line(result)}",
+        f"mlx-spec: {software_line(result)}",
         f"Target: {models['target']['name']} ({models['target']['dtype']}); "
         f"draft: {models.get('draft', {}).get('name', '—')}",
         f"Settings: {result['settings']['max_tokens']} new tokens, baseline `{result['settings']['baseline']}`, "
@@ -157,7 +173,8 @@ def compare_rows(results: list[dict], labels: list[str]) -> tuple[list[str], lis
 
 
 def compare_markdown(results: list[dict], labels: list[str]) -> str:
-    machines = "\n".join(f"- **{label}**: {machine_line(r)}" for label, r in zip(labels, results))
+    machines = "\n".join(f"- **{label}**: {machine_line(r)}; mlx-spec {software_line(r)}"
+                         for label, r in zip(labels, results))
     header, rows = compare_rows(results, labels)
     return machines + "\n\n" + markdown_table(header, rows) + "\n"
 

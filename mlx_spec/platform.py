@@ -10,6 +10,7 @@ import os
 import platform as _py_platform
 import subprocess
 from functools import lru_cache
+from pathlib import Path
 
 from mlx_spec._blas import BLAS
 
@@ -93,6 +94,28 @@ def _mac_gpu_cores() -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def source_commit(package_dir: Path | None = None) -> str | None:
+    """The git commit mlx-spec runs from ("abc1234", "+dirty" when tracked files differ
+    from it), or None when the package is not a git checkout of its own (an installed wheel;
+    a site-packages folder inside some other repository does not count)."""
+    package_dir = Path(package_dir or Path(__file__).parent).resolve()
+    root = _run(["git", "-C", str(package_dir), "rev-parse", "--show-toplevel"])
+    if not root or Path(root).resolve() != package_dir.parent:
+        return None
+    commit = _run(["git", "-C", root, "rev-parse", "--short", "HEAD"])
+    if not commit:
+        return None
+    dirty = _run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"])
+    return commit + ("+dirty" if dirty else "")
+
+
+def software() -> dict:
+    """mlx-spec's version and the commit it runs from, for benchmark result files."""
+    from mlx_spec import __version__
+
+    return {"version": __version__, "commit": source_commit()}
 
 
 @lru_cache(maxsize=1)

@@ -9,6 +9,8 @@ from collections import Counter
 import pytest
 from typer.testing import CliRunner
 
+import mlx_spec
+
 from mlx_spec.bench import (SCHEMA, Bench, Run, default_arms, merge_results, read_result, run_suite, summarize,
                              write_result)
 from mlx_spec.bench_report import compare_markdown, plot_result, summary_markdown
@@ -31,6 +33,8 @@ def test_result_is_stamped_and_complete(result):
     assert result["schema"] == SCHEMA
     assert result["machine"]["backend"] == "cpu" and result["machine"]["chip"]
     assert result["models"]["target"]["dtype"] == "float32"
+    assert result["settings"]["mlx_spec"]["version"] == mlx_spec.__version__
+    assert f"mlx-spec: {mlx_spec.__version__}" in summary_markdown(result)
     arms = {a["name"] for a in result["settings"]["arms"]}
     assert arms == {"plain", "mlx-spec adaptive", "mlx-spec k=3", "mlx-lm k=3"}
     # every arm ran every prompt at every temperature, with the same token budget
@@ -182,6 +186,19 @@ def test_the_parts_of_a_suite_merge_into_the_whole(result, tmp_path):
     cli = CliRunner().invoke(app, ["bench", "merge", *map(str, paths), "--out", str(out)])
     assert cli.exit_code == 0, cli.output
     assert read_result(out)["summary"] == result["summary"]
+
+
+def test_a_merged_result_keeps_the_commit_each_part_ran_at(result):
+    greedy, sampled = part(result, 0.0), part(result, 0.7)
+    greedy["settings"] = {**greedy["settings"], "mlx_spec": {"version": "0.1.0", "commit": "aaaaaaa"}}
+    sampled["settings"] = {**sampled["settings"], "mlx_spec": {"version": "0.1.0", "commit": "bbbbbbb+dirty"}}
+    merged = merge_results([greedy, sampled])
+    assert [p["mlx_spec"]["commit"] for p in merged["settings"]["parts"]] == ["aaaaaaa", "bbbbbbb+dirty"]
+    assert merged["settings"]["mlx_spec"] is None  # no single commit ran the whole
+    assert "mlx-spec: 0.1.0 (commit aaaaaaa) at T=0.0; 0.1.0 (commit bbbbbbb+dirty) at T=0.7" in summary_markdown(merged)
+    same = merge_results([greedy, {**sampled, "settings": {**sampled["settings"], "mlx_spec": greedy["settings"]["mlx_spec"]}}])
+    assert same["settings"]["mlx_spec"] == {"version": "0.1.0", "commit": "aaaaaaa"}
+    assert "mlx-spec 0.1.0 (commit aaaaaaa)" in compare_markdown([same], ["here"])
 
 
 def test_merging_refuses_overlapping_temperatures_and_other_models(result):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from mlx_spec.cli import app
 from mlx_spec.doctor import collect
+from mlx_spec.platform import source_commit
 
 PAIR_TOML = """
 default = "tiny"
@@ -90,3 +94,27 @@ def test_a_broken_models_toml_is_a_problem_not_a_crash(tmp_path, monkeypatch):
     monkeypatch.setenv("MLX_SPEC_MODELS", str(toml))
     result = run()
     assert result.exit_code == 0 and "not valid TOML" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_the_source_commit_is_read_from_the_packages_own_checkout(tmp_path):
+    def git(*args, cwd=tmp_path):
+        subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+    package = tmp_path / "repo" / "mlx_spec"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("x = 1\n")
+    repo = package.parent
+    git("init", "-q", cwd=repo)
+    git("add", ".", cwd=repo)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first", cwd=repo)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    assert source_commit(package) == head
+    (repo / "notes.txt").write_text("untracked\n")
+    assert source_commit(package) == head  # untracked files do not make it dirty
+    (package / "__init__.py").write_text("x = 2  # changed\n")
+    assert source_commit(package) == head + "+dirty"
+    nested = package / "vendored" / "mlx_spec"  # inside a repository that is not its own
+    nested.mkdir(parents=True)
+    assert source_commit(nested) is None
+    assert source_commit(tmp_path / "elsewhere") is None
