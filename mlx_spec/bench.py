@@ -152,6 +152,9 @@ def _median(values):
 def run_suite(bench: Bench, prompts: dict, temperatures=(0.0, 0.7), repeats: int = 1,
               on_progress: Callable[[str], None] | None = None) -> dict:
     """Run every arm on every prompt, interleaved; return the result document."""
+    # the code that runs is what was loaded at the start: stamp it before a long suite, during
+    # which the checkout may move on
+    stamp = software()
     records, mismatches = [], []
     total = sum(len(v) for v in prompts.values()) * len(temperatures) * repeats * len(bench.arms)
     done = 0
@@ -194,7 +197,7 @@ def run_suite(bench: Bench, prompts: dict, temperatures=(0.0, 0.7), repeats: int
         "settings": {
             "max_tokens": bench.max_tokens, "chat_template": bench.chat, "repeats": repeats,
             "temperatures": list(temperatures), "arms": [vars(a) for a in bench.arms],
-            "baseline": bench.arms[0].name, "mlx_spec": software(),
+            "baseline": bench.arms[0].name, "mlx_spec": stamp,
         },
         "calibration": next((asdict(c) for c in map(bench.costs, bench.arms) if c), None),
         "runs": records,

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import mlx_spec
-
+import mlx_spec.bench as bench_module
 from mlx_spec.bench import (SCHEMA, Bench, Run, default_arms, merge_results, read_result, run_suite, summarize,
                              write_result)
 from mlx_spec.bench_report import compare_markdown, plot_result, summary_markdown
@@ -221,3 +221,11 @@ def test_a_chain_arm_measures_the_suite_without_the_token_tree(stories_path):
     assert bench.pairs["mlx-spec adaptive"].engine.tree
     assert not bench.pairs["mlx-spec adaptive chain"].engine.tree
     assert bench.run(arms[3], bench.encode("Once upon a time", chat=False), 0.0, 0).stats["sibling_hits"] == 0
+
+
+def test_the_software_stamp_is_taken_before_the_first_run(monkeypatch):
+    """A suite runs for an hour; the checkout may move on meanwhile, the loaded code does not."""
+    bench = RecordingBench(default_arms(k_fixed=3, mlx_lm_ks=()))
+    monkeypatch.setattr(bench_module, "software", lambda: {"version": "v", "commit": f"after {len(bench.calls)} runs"})
+    result = run_suite(bench, {"code": [{"id": "a", "prompt": "x"}]}, temperatures=(0.0,))
+    assert bench.calls and result["settings"]["mlx_spec"]["commit"] == "after 0 runs"
