@@ -64,14 +64,10 @@ def plan_tree(k: int, ranks: list[int], size: int, confidences: list[float] | No
     c_j in each drafted token, about c_1..c_{i-1} (1 - c_i), times its rank's worth. Without
     confidences every depth weighs the same: the best runner-up at every depth, then the
     second at every depth, and so on. ranks[i]: runners-up available at depth i+1."""
-    read = list(confidences or [])
-    weights, reach = [], 1.0
-    for i in range(k):
-        if not read:
-            weights.append(1.0)
-            continue
-        c = read[i] if i < len(read) else UNREAD
-        weights.append(reach * (1.0 - c))
+    weights, reach = [1.0] * k, 1.0
+    for i in range(k) if confidences else ():
+        c = confidences[i] if i < len(confidences) else UNREAD
+        weights[i] = reach * (1.0 - c)
         reach *= c
     candidates = [(i, rank) for i in range(k) for rank in range(min(ranks[i], len(RANK_WORTH)))]
     candidates.sort(key=lambda c: (-weights[c[0]] * RANK_WORTH[c[1]], c[1], c[0]))
