@@ -288,24 +288,34 @@ class AdaptiveK:
                 c[1] += 1
 
 
-def _forward_costs(model, token_counts, context: int, repeats: int) -> dict[int, float]:
-    """Median seconds of one forward of T new tokens after `context` cached ones, per T."""
-    cache = make_prompt_cache(model)
-    mx.eval(model(mx.zeros((1, context), dtype=mx.int32), cache=cache))
-    costs = {}
-    for tokens in token_counts:
-        times = []
-        for attempt in range(repeats + 1):  # the first call compiles and allocates
-            tic = time.perf_counter()
-            mx.eval(model(mx.ones((1, tokens), dtype=mx.int32), cache=cache))
-            times.append(time.perf_counter() - tic)
-            for c in cache:
-                c.trim(tokens)
-        costs[tokens] = statistics.median(times[1:])
-    return costs
+def _forward_costs(models, context: int, repeats: int) -> list[dict[int, float]]:
+    """Median seconds of one forward of T new tokens after `context` cached ones, per model
+    (`models`: (model, token counts) pairs) and per T.
+
+    Every model and size is measured once per pass, in interleaved passes after one pass that
+    compiles, allocates and pages the weights in: a host whose speed drifts during the
+    calibration then shifts every measurement alike, and the ratios the policy plans with
+    (draft step to target step, one verification size to another) stay true.
+    """
+    caches = []
+    for model, _ in models:
+        cache = make_prompt_cache(model)
+        mx.eval(model(mx.zeros((1, context), dtype=mx.int32), cache=cache))
+        caches.append(cache)
+    times = [{tokens: [] for tokens in sizes} for _, sizes in models]
+    for attempt in range(repeats + 1):
+        for (model, sizes), cache, measured in zip(models, caches, times):
+            for tokens in sizes:
+                tic = time.perf_counter()
+                mx.eval(model(mx.ones((1, tokens), dtype=mx.int32), cache=cache))
+                if attempt:
+                    measured[tokens].append(time.perf_counter() - tic)
+                for c in cache:
+                    c.trim(tokens)
+    return [{tokens: statistics.median(t) for tokens, t in measured.items()} for measured in times]
 
 
-def calibrate(target, draft=None, k_max: int = 8, context: int = 128, repeats: int = 3) -> Costs:
+def calibrate(target, draft=None, k_max: int = 8, context: int = 128, repeats: int = 5) -> Costs:
     """Measure the target's forward cost for T = 1 .. 2(k_max+1) tokens (a ladder of sizes)
     and the draft's step.
 
@@ -318,16 +328,16 @@ def calibrate(target, draft=None, k_max: int = 8, context: int = 128, repeats: i
     # size); a k whose k+1 is not on it is verified padded to the cheapest measured size above.
     ladder = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
     sizes = sorted({t for t in ladder if t <= 2 * (k_max + 1)} | {k_max + 1})
-    measured = _forward_costs(target, sizes, context, repeats)
+    models = [(target, sizes)] + ([(draft, [1, k_max + 1])] if draft is not None else [])
+    measured, *drafted = _forward_costs(models, context, repeats)
     verify, verify_tokens = [], []
     for k in range(k_max + 1):
         best = min((t for t in sizes if t >= k + 1), key=lambda t: (measured[t], t))
         verify.append(measured[best])
         verify_tokens.append(best)
     draft_step, draft_batch = 0.0, None
-    if draft is not None:
-        drafted = _forward_costs(draft, [1, k_max + 1], context, repeats)
-        draft_step, draft_batch = drafted[1], drafted[k_max + 1]
+    if drafted:
+        draft_step, draft_batch = drafted[0][1], drafted[0][k_max + 1]
     return Costs(draft_step=draft_step, verify=verify, verify_tokens=verify_tokens, draft_batch=draft_batch)
 
 

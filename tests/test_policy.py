@@ -205,3 +205,46 @@ def test_drafting_that_barely_beats_plain_decoding_is_left_alone():
     assert AdaptiveK(costs, k_max=1, prior=0.23, margin=0.0).choose("draft") == 1
     assert AdaptiveK(costs, k_max=1, prior=0.23, margin=0.05).choose("draft") == 0
     assert AdaptiveK(costs, k_max=1, prior=0.5, margin=0.05).choose("draft") == 1
+
+
+class _Clocked:
+    """A stand-in model whose forward of T tokens takes `cost[T]` seconds on a fake clock that
+    runs slower with every forward (a host drifting during the calibration)."""
+
+    def __init__(self, clock, cost):
+        self.clock, self.cost = clock, cost
+
+    def make_cache(self):
+        from mlx_lm.models.cache import KVCache
+
+        return [KVCache()]
+
+    def __call__(self, tokens, cache):
+        import mlx.core as mx
+
+        n = tokens.shape[1]
+        keys = mx.zeros((1, 1, n, 2))
+        cache[0].update_and_fetch(keys, keys)
+        if n in self.cost:
+            self.clock.now += self.cost[n] * self.clock.drift
+            self.clock.drift *= 1.03
+        return mx.zeros((1, n, 4))
+
+
+def test_calibration_interleaves_the_sizes_so_a_drifting_host_keeps_the_ratios(monkeypatch):
+    import mlx_spec.policy as policy_module
+
+    class Clock:
+        now, drift = 0.0, 1.0
+
+    clock = Clock()
+    monkeypatch.setattr(policy_module.time, "perf_counter", lambda: clock.now)
+    target_cost = {1: 1.0, 2: 1.2, 3: 1.3, 4: 1.4, 6: 1.5, 8: 1.6}
+    target, draft = _Clocked(clock, target_cost), _Clocked(clock, {1: 0.3, 4: 0.6})
+    costs = policy_module.calibrate(target, draft, k_max=3, context=4, repeats=5)
+    # the host got 1.03x slower per forward (about 4x over the calibration), yet each ratio
+    # stays within what one pass of drift moves it; measured one model after the other, the
+    # draft would look three times as dear against the target's step as it is
+    assert costs.draft_step / costs.verify[0] == pytest.approx(0.3, rel=0.25)
+    assert costs.verify[3] / costs.verify[0] == pytest.approx(1.4, rel=0.25)
+    assert costs.draft_batch / costs.draft_step == pytest.approx(2.0, rel=0.1)
