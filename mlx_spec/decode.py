@@ -176,12 +176,13 @@ class Engine:
         return tree if tree.siblings else None
 
     def _verify(self, proposal: Proposal | None, sampling: SamplingParams, rng
-                ) -> tuple[mx.array, Tree | None]:
+                ) -> tuple[mx.array, Tree | None, int]:
         """Lazy graph: target forward on [last, drafts] (and siblings), acceptance ->
-        [n, extra, drafts..., siblings..., the token after each sibling...], and the tree."""
+        [n, extra, drafts..., siblings..., the token after each sibling...]; the tree; the
+        tokens fed."""
         drafts = proposal.tokens if proposal else mx.zeros((0,), dtype=mx.int32)
         k = drafts.shape[0]
-        size = self.policy.verify_tokens(k)
+        size = self.policy.verify_tokens(k, proposal.key) if proposal else self.policy.verify_tokens(0)
         tree = self._tree(proposal, sampling, size)
         inputs = [mx.array(self.context[-1:], dtype=mx.int32), drafts]
         if tree is not None:
@@ -215,7 +216,7 @@ class Engine:
         values = [n[None], extra[None], drafts]
         if tree is not None:
             values += [inputs[k + 1 : k + 1 + len(tree.siblings)], self._after_siblings(rows, tree, sampling, rng)]
-        return mx.concatenate(values).astype(mx.int32), tree
+        return mx.concatenate(values).astype(mx.int32), tree, inputs.shape[0]
 
     @staticmethod
     def _after_siblings(rows: mx.array, tree: Tree, sampling: SamplingParams, rng) -> mx.array:
@@ -257,7 +258,7 @@ class Engine:
             t0 = time.perf_counter()
             proposal, shadows = self._propose(sampling, rng, max_tokens - generated - 1)
             t1 = time.perf_counter()
-            graph, tree = self._verify(proposal, sampling, rng)
+            graph, tree, size = self._verify(proposal, sampling, rng)
             values = host_sync(graph)
             t2 = time.perf_counter()
             stats.host_syncs += 1
@@ -308,7 +309,7 @@ class Engine:
             for shadow in shadows:
                 self.policy.update(shadow.key, *shadow_outcome(shadow.host, committed))
             stats.record_round(proposal.source if proposal else None, k, n_accepted, len(committed),
-                               proposal.forwards if proposal else ())
+                               proposal.forwards if proposal else (), size)
             stats.sibling_hits += from_tree
             t3 = time.perf_counter()
             stats.draft_time += t1 - t0

@@ -30,6 +30,26 @@ class Costs:
     verify: list[float]
     verify_tokens: list[int] | None = None  # tokens to feed when verifying k (>= k+1)
     draft_batch: float | None = None  # one draft forward over k_max+1 tokens (a guessed path)
+    ladder: dict[int, float] | None = None  # every measured target forward: tokens -> seconds
+
+    def __post_init__(self):
+        if self.ladder:  # JSON keeps the token counts as strings
+            self.ladder = {int(t): float(s) for t, s in self.ladder.items()}
+
+    def sizes(self, k: int) -> list[int]:
+        """The forward sizes that can verify k drafts: every measured one of at least k+1
+        tokens (rows past the chain hold siblings or padding), cheapest size first."""
+        cheapest = padded_tokens(self, k)
+        if not self.ladder:
+            return [cheapest]
+        return [cheapest] + sorted(t for t in self.ladder if t > k and t != cheapest)
+
+    def forward(self, tokens: int, k: int | None = None) -> float:
+        """Seconds of one target forward over `tokens` tokens (verify[k] when not measured)."""
+        if self.ladder and tokens in self.ladder:
+            return self.ladder[tokens]
+        k = tokens - 1 if k is None else k
+        return self.verify[min(k, len(self.verify) - 1)]
 
     def draft_forward(self, tokens: int) -> float:
         """Seconds of one draft forward over `tokens` tokens: between the measured 1-token step
@@ -43,16 +63,22 @@ class Costs:
         share = min(math.log(tokens) / math.log(top), 1.0) if top > 1 else 1.0
         return self.draft_step + (self.draft_batch - self.draft_step) * share
 
-    def round_cost(self, k: int, draft_step: float | None = None) -> float:
+    def round_cost(self, k: int, draft_step: float | None = None, size: int | None = None) -> float:
+        """k draft steps and the verification (of `size` tokens; None: the cheapest)."""
         step = self.draft_step if draft_step is None else draft_step
-        return k * step + self.verify[min(k, len(self.verify) - 1)]
+        verify = self.verify[min(k, len(self.verify) - 1)] if size is None else self.forward(size, k)
+        return k * step + verify
 
     def modeled_speedup(self, stats) -> float | None:
         """Speed-up over plain decoding that a generation's counted work costs at these
-        prices: its verifications (rounds by k) and draft forwards (by tokens fed) against
-        one plain step per token. Free of a noisy host's drift, blind to what is not a
-        forward (Python, sampling): a way to compare variants, not a measured speed."""
-        verify = sum(n * self.round_cost(k, 0.0) for k, n in stats.k_counts.items())
+        prices: its verifications (by tokens fed; by k in stats that predate that count)
+        and draft forwards (by tokens fed) against one plain step per token. Free of a noisy
+        host's drift, blind to what is not a forward (Python, sampling): a way to compare
+        variants, not a measured speed."""
+        if getattr(stats, "verify_sizes", None):
+            verify = sum(n * self.forward(t) for t, n in stats.verify_sizes.items())
+        else:
+            verify = sum(n * self.round_cost(k, 0.0) for k, n in stats.k_counts.items())
         drafts = sum(n * self.draft_forward(t) for t, n in stats.draft_forwards.items())
         seconds = verify + drafts
         return stats.generated_tokens * self.verify[0] / seconds if seconds > 0 else None
@@ -81,7 +107,9 @@ class FixedK:
         """(k, expected tokens per second of `source` proposing k; 0.0 without costs)."""
         return self.k, self.estimates.rate(source, self.k) if self.estimates else 0.0
 
-    def verify_tokens(self, k: int) -> int:
+    def verify_tokens(self, k: int, source: str | None = None) -> int:
+        if self.estimates and source is not None:
+            return self.estimates.verify_tokens(k, source)
         return padded_tokens(self.costs, k)
 
     def chain(self, source: str, k: int) -> tuple[int, float]:
@@ -190,20 +218,22 @@ class AdaptiveK:
         hits, misses = self.sibling_counts.get(source, (0.0, 0.0))
         return (hits + 2 * self.sibling_prior) / (hits + misses + 2)
 
-    def sibling_depths(self, source: str, k: int) -> int:
-        """Depths counted as having a sibling when `source` proposes k: one per free
-        verification row, up to k (tree.plan_tree may stack them where the draft is unsure
-        instead; the estimate assumes one each); none for free sources, which have no draft
-        distribution to take runners-up from."""
+    def sibling_depths(self, source: str, k: int, size: int | None = None) -> int:
+        """Depths counted as having a sibling when `source` proposes k and the verification
+        feeds `size` tokens (None: the cheapest size): one per row past the chain, up to k
+        (tree.plan_tree may stack them where the draft is unsure instead; the estimate
+        assumes one each); none for free sources, which have no draft distribution to take
+        runners-up from."""
         if not self.siblings or self._free(source):
             return 0
-        return min(k, self.verify_tokens(k) - (k + 1))
+        size = padded_tokens(self.costs, k) if size is None else size
+        return min(k, size - (k + 1))
 
-    def expected(self, source: str, k: int) -> float:
+    def expected(self, source: str, k: int, size: int | None = None) -> float:
         """1 + sum_j prod_{i<=j} alpha_i, plus, where siblings are tried at depth i, the chance
         of reaching i, being rejected there and finding the correction among them."""
         total, reach = 1.0, 1.0
-        covered, beta = self.sibling_depths(source, k), 0.0
+        covered, beta = self.sibling_depths(source, k, size), 0.0
         if covered:
             beta = self.sibling_rate(source)
         for i, a in enumerate(self.alphas(source)[:k]):
@@ -213,15 +243,28 @@ class AdaptiveK:
             total += reach
         return total
 
+    def _rate(self, source: str, k: int, size: int) -> float:
+        """Expected tokens per second of `source` proposing k, verified in `size` tokens."""
+        if self._free(source):
+            cost = self.costs.round_cost(k, 0.0, size)
+        elif "+" in source:  # a draft checking a free guess: one batched draft forward
+            cost = self.costs.round_cost(k, 0.0, size) + (self.costs.draft_batch or 2 * self.costs.draft_step)
+        else:
+            cost = self.costs.round_cost(k, size=size)
+        return self.expected(source, k, size) / cost
+
+    def _best_size(self, source: str, k: int) -> tuple[int, float]:
+        """(tokens to feed, expected rate): the cheapest verification, or a larger one whose
+        extra rows hold siblings that are expected to pay for it (only paid sources, which
+        have siblings, are offered a larger size)."""
+        sizes = self.costs.sizes(k)
+        if k == 0 or not self.sibling_depths(source, k, max(sizes)):
+            sizes = sizes[:1]
+        return max(((size, self._rate(source, k, size)) for size in sizes), key=lambda sr: sr[1])
+
     def rate(self, source: str, k: int) -> float:
         """Expected tokens per second of a round proposing k tokens from `source`."""
-        if self._free(source):
-            cost = self.costs.round_cost(k, 0.0)
-        elif "+" in source:  # a draft checking a free guess: one batched draft forward
-            cost = self.costs.round_cost(k, 0.0) + (self.costs.draft_batch or 2 * self.costs.draft_step)
-        else:
-            cost = self.costs.round_cost(k)
-        return self.expected(source, k) / cost
+        return self._best_size(source, k)[1]
 
     def plan(self, source: str) -> tuple[int, float]:
         """The best k for `source` and its expected rate (a k = 0 winner is probed with
@@ -261,8 +304,11 @@ class AdaptiveK:
             return k, 0.0
         return min(self.k_max, max(self.chain_floor, self.chain_factor * k)), self.stop_below
 
-    def verify_tokens(self, k: int) -> int:
-        return padded_tokens(self.costs, k)
+    def verify_tokens(self, k: int, source: str | None = None) -> int:
+        """Tokens to feed the target to verify k drafts from `source` (None: the cheapest)."""
+        if source is None:
+            return padded_tokens(self.costs, k)
+        return self._best_size(source, k)[0]
 
     def update(self, source: str, k: int, n: int, sibling: bool | None = None) -> None:
         """A round proposed k tokens from `source` and the target accepted n; `sibling` says
@@ -338,7 +384,8 @@ def calibrate(target, draft=None, k_max: int = 8, context: int = 128, repeats: i
     draft_step, draft_batch = 0.0, None
     if drafted:
         draft_step, draft_batch = drafted[0][1], drafted[0][k_max + 1]
-    return Costs(draft_step=draft_step, verify=verify, verify_tokens=verify_tokens, draft_batch=draft_batch)
+    return Costs(draft_step=draft_step, verify=verify, verify_tokens=verify_tokens, draft_batch=draft_batch,
+                 ladder=measured)
 
 
 def calibration_path() -> Path:
@@ -354,7 +401,8 @@ def cached_calibration(key: str, target, draft=None, k_max: int = 8) -> Costs:
     except (OSError, ValueError):
         table = {}
     entry = table.get(key)
-    if entry and len(entry.get("verify", [])) > k_max and entry.get("verify_tokens") and (
+    # an entry from before the ladder was kept was also measured without interleaving
+    if entry and len(entry.get("verify", [])) > k_max and entry.get("ladder") and (
         draft is None or entry.get("draft_batch") is not None
     ):
         return Costs(**entry)

@@ -26,6 +26,7 @@ class Stats:
     k_counts: Counter = field(default_factory=Counter)
     rounds_by_source: Counter = field(default_factory=Counter)
     draft_forwards: Counter = field(default_factory=Counter)  # tokens fed -> draft forwards
+    verify_sizes: Counter = field(default_factory=Counter)  # tokens fed -> verifications
     draft_time: float = 0.0
     verify_time: float = 0.0
     other_time: float = 0.0
@@ -34,11 +35,13 @@ class Stats:
     draft_bytes: int = 0
 
     def record_round(self, source: str | None, k: int, n: int, emitted: int,
-                     forwards: tuple[int, ...] = ()) -> None:
-        """One round: its proposal's source, k drafted, n accepted, tokens emitted, and the
-        token counts of the draft forwards that made the proposal."""
+                     forwards: tuple[int, ...] = (), verified: int | None = None) -> None:
+        """One round: its proposal's source, k drafted, n accepted, tokens emitted, the
+        token counts of the draft forwards that made the proposal, and the tokens the
+        verification fed (padding and siblings included; None: k + 1)."""
         self.rounds += 1
         self.draft_forwards.update(forwards)
+        self.verify_sizes[k + 1 if verified is None else verified] += 1
         self.target_forwards += 1
         self.generated_tokens += emitted
         self.k_counts[k] += 1
@@ -119,6 +122,7 @@ class Stats:
             "k_counts": {str(k): v for k, v in sorted(self.k_counts.items())},
             "rounds_by_source": dict(self.rounds_by_source),
             "draft_forwards": {str(t): v for t, v in sorted(self.draft_forwards.items())},
+            "verify_sizes": {str(t): v for t, v in sorted(self.verify_sizes.items())},
             "target_forwards": self.target_forwards,
             "host_syncs": self.host_syncs,
             "time_split": self.time_split(),

@@ -73,7 +73,9 @@ def test_spec_runs_carry_their_modeled_speedup_from_counted_forwards(result):
         assert forwards == stats["drafted"] if r["k"] else 0 < forwards <= stats["drafted"]
         counted = Stats(generated_tokens=stats["generated_tokens"],
                         k_counts=Counter({int(k): n for k, n in stats["k_counts"].items()}),
-                        draft_forwards=Counter({int(t): n for t, n in stats["draft_forwards"].items()}))
+                        draft_forwards=Counter({int(t): n for t, n in stats["draft_forwards"].items()}),
+                        verify_sizes=Counter({int(t): n for t, n in stats["verify_sizes"].items()}))
+        assert sum(stats["verify_sizes"].values()) == stats["rounds"]
         assert stats["modeled_speedup"] == pytest.approx(costs.modeled_speedup(counted))
     v = result["summary"]["0.0"]["code"]["mlx-spec k=3"]
     assert v["modeled_speedup"] > 0 and result["summary"]["0.0"]["code"]["plain"]["modeled_speedup"] is None

@@ -124,7 +124,7 @@ def test_statistics_are_consistent(stories):
 class PaddingPolicy(FixedK):
     """Fixed k, but verifies with 5 extra (ignored) tokens, as calibration may choose."""
 
-    def verify_tokens(self, k):
+    def verify_tokens(self, k, source=None):
         return k + 6
 
 

@@ -130,6 +130,34 @@ def test_the_modeled_speedup_prices_counted_rounds_and_forwards():
     seconds = 2 * 1.0 + 1.3 + 2 * 1.4 + 8 * 0.3 + 0.6  # 2 plain rounds, 3 verified, 9 forwards
     assert costs.modeled_speedup(stats) == pytest.approx(12 * 1.0 / seconds)
     assert costs.modeled_speedup(Stats()) is None
+    # counted by tokens fed, a verification is priced at the size it really had
+    ladder = Costs(draft_step=0.3, verify=[1.0, 1.3] + [1.4] * 14, draft_batch=0.6,
+                   ladder={"1": 1.0, "2": 1.3, "4": 1.35, "16": 1.4})
+    stats.verify_sizes = Counter({1: 2, 4: 1, 16: 2})  # the k = 1 round fed 4 tokens
+    seconds = 2 * 1.0 + 1.35 + 2 * 1.4 + 8 * 0.3 + 0.6
+    assert ladder.modeled_speedup(stats) == pytest.approx(12 * 1.0 / seconds)
+
+
+def test_a_larger_verification_is_chosen_where_its_siblings_pay_for_it():
+    # 4 tokens verify k = 3; 8 cost 0.15 more (7.5% of the round) and hold a sibling at each depth
+    costs = Costs(draft_step=0.2, verify=[1.0, 1.2, 1.3, 1.4, 1.5, 1.5, 1.55, 1.55],
+                  verify_tokens=[1, 2, 3, 4, 6, 6, 8, 8], draft_batch=0.4,
+                  ladder={1: 1.0, 2: 1.2, 3: 1.3, 4: 1.4, 6: 1.5, 8: 1.55})
+    hits, misses = AdaptiveK(costs, k_max=7), AdaptiveK(costs, k_max=7)
+    for policy in (hits, misses):
+        policy.allow_siblings()
+        for _ in range(10):
+            policy.update("draft", 3, 1, sibling=policy is hits)
+    assert hits.verify_tokens(3, "draft") == 8 and hits.expected("draft", 3, 8) > hits.expected("draft", 3, 4)
+    assert misses.verify_tokens(3, "draft") == 4  # siblings that never hit are not worth it
+    assert hits.verify_tokens(3, "ngram:4") == 4  # a free guess has no runners-up to add
+    assert hits.verify_tokens(3) == 4  # without a source: the cheapest
+    assert hits.rate("draft", 3) == pytest.approx(hits.expected("draft", 3, 8) / (3 * 0.2 + 1.55))
+    fixed = FixedK(3, costs)
+    fixed.allow_siblings()
+    for _ in range(10):
+        fixed.update("draft", 3, 1, sibling=True)
+    assert fixed.verify_tokens(3, "draft") == 8
 
 
 def test_a_draft_checking_a_guess_starts_from_the_drafts_acceptance_and_learns_its_own():
