@@ -182,7 +182,9 @@ class Engine:
         tokens fed."""
         drafts = proposal.tokens if proposal else mx.zeros((0,), dtype=mx.int32)
         k = drafts.shape[0]
-        size = self.policy.verify_tokens(k, proposal.key) if proposal else self.policy.verify_tokens(0)
+        # a larger size than the cheapest only pays with siblings in its rows (see _tree)
+        siblings = proposal is not None and self.tree and not sampling.processors
+        size = self.policy.verify_tokens(k, proposal.key if siblings else None)
         tree = self._tree(proposal, sampling, size)
         inputs = [mx.array(self.context[-1:], dtype=mx.int32), drafts]
         if tree is not None:

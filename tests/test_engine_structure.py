@@ -128,6 +128,30 @@ class PaddingPolicy(FixedK):
         return k + 6
 
 
+class SizeRecordingPolicy(FixedK):
+    """Fixed k that records for which source each verification's size was asked."""
+
+    def __init__(self, k):
+        super().__init__(k)
+        self.asked = []
+
+    def verify_tokens(self, k, source=None):
+        self.asked.append(source)
+        return super().verify_tokens(k, source)
+
+
+def test_a_larger_verification_is_only_considered_where_siblings_can_ride_in_it(stories):
+    model, tok = stories
+    pair = Pair(model, tok, draft=quantized_copy(model), k=3)
+    for penalty, expect_source in ((None, True), (1.2, False)):
+        pair.engine.policy = policy = SizeRecordingPolicy(3)
+        pair.reset()
+        pair.generate(PROMPT, max_tokens=12, chat=False, temperature=0.8, seed=1,
+                      repetition_penalty=penalty)
+        # history-dependent processors rule the tree out: the cheapest size, asked without a source
+        assert policy.asked and all((source is not None) == expect_source for source in policy.asked)
+
+
 def test_padded_verification_changes_nothing_but_the_work(stories):
     model, tok = stories
     plain = Pair(model, tok).generate(PROMPT, max_tokens=40, chat=False).tokens
