@@ -166,11 +166,16 @@ class Engine:
             stop = {"stop_below": stop_below} if stop_below > 0 else {}
         return Offer(rate, min(k, k_limit), lambda k: proposer.propose(self.context, k, sampling, rng, **stop))
 
+    def _siblings_allowed(self, proposal: Proposal | None, sampling: SamplingParams) -> bool:
+        """Whether this round's verification may hold the proposal's siblings: a tree-capable
+        target, a proposal with runners-up, and no history-dependent processors (a sibling
+        row's history would differ from the chain's)."""
+        return self.tree and proposal is not None and bool(proposal.siblings) and not sampling.processors
+
     def _tree(self, proposal: Proposal | None, sampling: SamplingParams, size: int) -> Tree | None:
         """The round's token tree, or None to verify the chain alone: siblings go only into
-        rows the verification pads anyway, and not under history-dependent processors (a
-        sibling row's history would differ from the chain's)."""
-        if not self.tree or proposal is None or not proposal.siblings or sampling.processors:
+        the verification's rows past the chain, where they are allowed."""
+        if not self._siblings_allowed(proposal, sampling):
             return None
         tree = plan_tree(proposal.k, [s.shape[0] for s in proposal.siblings], size, proposal.confidences)
         return tree if tree.siblings else None
@@ -182,9 +187,8 @@ class Engine:
         tokens fed."""
         drafts = proposal.tokens if proposal else mx.zeros((0,), dtype=mx.int32)
         k = drafts.shape[0]
-        # a larger size than the cheapest only pays with siblings in its rows (see _tree)
-        siblings = proposal is not None and self.tree and not sampling.processors
-        size = self.policy.verify_tokens(k, proposal.key if siblings else None)
+        # a larger size than the cheapest only pays with siblings in its rows
+        size = self.policy.verify_tokens(k, proposal.key if self._siblings_allowed(proposal, sampling) else None)
         tree = self._tree(proposal, sampling, size)
         inputs = [mx.array(self.context[-1:], dtype=mx.int32), drafts]
         if tree is not None:

@@ -75,7 +75,7 @@ class Costs:
         and draft forwards (by tokens fed) against one plain step per token. Free of a noisy
         host's drift, blind to what is not a forward (Python, sampling): a way to compare
         variants, not a measured speed."""
-        if getattr(stats, "verify_sizes", None):
+        if stats.verify_sizes:
             verify = sum(n * self.forward(t) for t, n in stats.verify_sizes.items())
         else:
             verify = sum(n * self.round_cost(k, 0.0) for k, n in stats.k_counts.items())
