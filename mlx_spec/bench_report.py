@@ -36,6 +36,39 @@ def summary_rows(result: dict) -> list[list[str]]:
     return rows
 
 
+CEILING_ALPHAS = (1.0, 0.9, 0.8, 0.7, 0.6)
+COST_COLUMNS = ["target step", "draft step", "verify k=3", "verify k=15"] + [f"ceiling α={a:g}" for a in CEILING_ALPHAS]
+
+
+def cost_row(calibration: dict | None) -> list[str] | None:
+    """The machine's calibrated costs that decide every speculative speed-up, as shares of
+    a plain target step (the seconds of one), and the drafting ceiling at a few acceptance
+    rates (`Costs.ceiling`: the best k's speed-up of a draft chain, no n-gram, no siblings).
+    None without a calibration (a run with no speculative arm)."""
+    if not calibration:
+        return None
+    from mlx_spec.policy import Costs
+
+    costs = Costs(**calibration)
+    step = costs.verify[0]
+
+    def verify(k):
+        return _fmt(costs.verify[min(k, len(costs.verify) - 1)] / step, ".2f", "×")
+
+    ceilings = [costs.ceiling(a) for a in CEILING_ALPHAS]
+    return ([_fmt(step, ".3f", " s"), _fmt(costs.draft_step / step, ".2f", "×"), verify(3), verify(15)]
+            + [f"{s:.2f}× (k {k})" for s, k in ceilings])
+
+
+def costs_markdown(result: dict) -> str:
+    """One line of the machine's costs and drafting ceilings ("" without a calibration)."""
+    row = cost_row(result.get("calibration"))
+    if row is None:
+        return ""
+    return ("Costs (calibrated; draft and verification in target steps) and the drafting ceiling "
+            "(speed-up of a draft chain at acceptance α, best k):\n\n" + markdown_table(COST_COLUMNS, [row]) + "\n")
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -75,7 +108,9 @@ def summary_markdown(result: dict) -> str:
     ]
     if result.get("greedy_mismatches"):
         head.append(f"**Greedy outputs differed:** {', '.join(result['greedy_mismatches'])}")
-    return "\n".join(head) + "\n\n" + markdown_table(SUMMARY_COLUMNS, summary_rows(result)) + "\n"
+    costs = costs_markdown(result)
+    return ("\n".join(head) + "\n\n" + markdown_table(SUMMARY_COLUMNS, summary_rows(result)) + "\n"
+            + ("\n" + costs if costs else ""))
 
 
 def print_summary(result: dict, console=None) -> None:
@@ -89,6 +124,13 @@ def print_summary(result: dict, console=None) -> None:
     for row in summary_rows(result):
         table.add_row(*row)
     console.print(table)
+    row = cost_row(result.get("calibration"))
+    if row is not None:
+        costs = Table(title="machine costs (in target steps) and drafting ceiling (speed-up at acceptance α, best k)")
+        for column in COST_COLUMNS:
+            costs.add_column(column, justify="right")
+        costs.add_row(*row)
+        console.print(costs)
     if result.get("greedy_mismatches"):
         console.print(f"[red]greedy outputs differed from plain decoding: {result['greedy_mismatches']}[/red]")
 
@@ -176,7 +218,15 @@ def compare_markdown(results: list[dict], labels: list[str]) -> str:
     machines = "\n".join(f"- **{label}**: {machine_line(r)}; mlx-spec {software_line(r)}"
                          for label, r in zip(labels, results))
     header, rows = compare_rows(results, labels)
-    return machines + "\n\n" + markdown_table(header, rows) + "\n"
+    text = machines + "\n\n" + markdown_table(header, rows) + "\n"
+    costs = [[label] + row for label, r in zip(labels, results) if (row := cost_row(r.get("calibration")))]
+    if costs:
+        text += ("\nMachine costs (calibrated; draft and verification in target steps) and the drafting "
+                 "ceiling (speed-up of a draft chain at acceptance α, best k): a machine whose draft "
+                 "costs a larger share of a target step, or whose verification grows faster with the "
+                 "tokens fed, gains less at the same acceptance.\n\n"
+                 + markdown_table(["machine"] + COST_COLUMNS, costs) + "\n")
+    return text
 
 
 def plot_compare(results: list[dict], labels: list[str], path: Path) -> Path:

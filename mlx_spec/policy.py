@@ -83,6 +83,21 @@ class Costs:
         seconds = verify + drafts
         return stats.generated_tokens * self.verify[0] / seconds if seconds > 0 else None
 
+    def ceiling(self, alpha: float) -> tuple[float, int]:
+        """(speed-up, k): the most a draft chain can gain over plain decoding on this machine
+        when the target accepts each drafted token with probability `alpha`: the best k of
+        expected tokens (1 + alpha + ... + alpha^k) over the round's cost, against one plain
+        step per token. A bound of the machine, not of a text: no n-gram jumps or siblings.
+        Chips whose draft costs a larger share of a target step, or whose verification grows
+        faster with the tokens fed, have a lower ceiling at the same acceptance."""
+        best = (1.0, 0)
+        for k in range(len(self.verify)):
+            tokens = sum(alpha ** j for j in range(k + 1))
+            speedup = tokens * self.verify[0] / self.round_cost(k)
+            if speedup > best[0] + 1e-12:
+                best = (speedup, k)
+        return best
+
 
 class FixedK:
     """Always propose k tokens (fewer only when a free guess is shorter).

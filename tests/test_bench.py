@@ -103,6 +103,25 @@ def test_result_files_round_trip_and_compare(result, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_reports_show_the_machine_costs_and_drafting_ceiling_from_the_calibration(result):
+    from mlx_spec.policy import Costs
+
+    costs = Costs(**result["calibration"])
+    step = costs.verify[0]
+    summary = summary_markdown(result)
+    assert "| target step | draft step | verify k=3 |" in summary
+    assert f"| {step:.3f} s | {costs.draft_step / step:.2f}× |" in summary
+    speedup, k = costs.ceiling(0.9)
+    assert f"{speedup:.2f}× (k {k})" in summary
+    # compare puts one row of costs per machine
+    table = compare_markdown([result, result], ["M3 Pro", "M4"])
+    assert f"| M3 Pro | {step:.3f} s |" in table and f"| M4 | {step:.3f} s |" in table
+    # a result without a speculative arm has no calibration and no costs table
+    plain = {**result, "calibration": None}
+    assert "draft step" not in summary_markdown(plain)
+    assert "Machine costs" not in compare_markdown([plain], ["M4"])
+
+
 def test_summary_table_shows_the_worst_prompt_beside_the_median(result):
     table = summary_markdown(result)
     assert "| speed-up | worst prompt |" in table

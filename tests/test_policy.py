@@ -138,6 +138,24 @@ def test_the_modeled_speedup_prices_counted_rounds_and_forwards():
     assert ladder.modeled_speedup(stats) == pytest.approx(12 * 1.0 / seconds)
 
 
+def test_the_drafting_ceiling_is_the_best_k_at_a_given_acceptance():
+    # plain step 1.0, draft step 0.2, verifying k drafts costs 1.2 up to k = 3, then 2.0
+    costs = Costs(draft_step=0.2, verify=[1.0, 1.2, 1.2, 1.2, 2.0, 2.0])
+    # full acceptance: k = 3 gives 4 tokens for 0.6 + 1.2 = 1.8 s; k = 5 gives 6 for 3.0 s
+    assert costs.ceiling(1.0) == (pytest.approx(4 / 1.8), 3)
+    # alpha = 0.5: k = 2 gives 1.75 tokens for 1.6 s, better than k = 1 (1.5 for 1.4 s),
+    # k = 3 (1.875 for 1.8 s) and plain decoding
+    assert costs.ceiling(0.5) == (pytest.approx(1.75 / 1.6), 2)
+    # a draft that is never accepted: plain decoding (k = 0) is the ceiling
+    assert costs.ceiling(0.0) == (1.0, 0)
+    # a dearer draft or a steeper verification lowers the ceiling at the same acceptance
+    dear = Costs(draft_step=0.4, verify=[1.0, 1.2, 1.2, 1.2, 2.0, 2.0])
+    steep = Costs(draft_step=0.2, verify=[1.0, 1.5, 1.6, 1.7, 2.0, 2.0])
+    for alpha in (1.0, 0.9, 0.7):
+        assert dear.ceiling(alpha)[0] < costs.ceiling(alpha)[0]
+        assert steep.ceiling(alpha)[0] < costs.ceiling(alpha)[0]
+
+
 def test_a_larger_verification_is_chosen_where_its_siblings_pay_for_it():
     # 4 tokens verify k = 3; 8 cost 0.15 more (7.5% of the round) and hold a sibling at each depth
     costs = Costs(draft_step=0.2, verify=[1.0, 1.2, 1.3, 1.4, 1.5, 1.5, 1.55, 1.55],
