@@ -37,7 +37,7 @@ def summary_rows(result: dict) -> list[list[str]]:
 
 
 CEILING_ALPHAS = (1.0, 0.9, 0.8, 0.7, 0.6)
-COST_COLUMNS = ["target step", "draft step", "verify k=3", "verify k=15"] + [f"ceiling α={a:g}" for a in CEILING_ALPHAS]
+COST_COLUMNS = ["target step", "draft step", "verify k=3", "verify k=15"] + [f"α={a:g}" for a in CEILING_ALPHAS]
 
 
 def cost_row(calibration: dict | None) -> list[str] | None:
@@ -66,7 +66,7 @@ def costs_markdown(result: dict) -> str:
     if row is None:
         return ""
     return ("Costs (calibrated; draft and verification in target steps) and the drafting ceiling "
-            "(speed-up of a draft chain at acceptance α, best k):\n\n" + markdown_table(COST_COLUMNS, [row]) + "\n")
+            "(speed-up of a draft chain at acceptance α = 1 .. 0.6, best k):\n\n" + markdown_table(COST_COLUMNS, [row]) + "\n")
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -126,7 +126,7 @@ def print_summary(result: dict, console=None) -> None:
     console.print(table)
     row = cost_row(result.get("calibration"))
     if row is not None:
-        costs = Table(title="machine costs (in target steps) and drafting ceiling (speed-up at acceptance α, best k)")
+        costs = Table(title="machine costs (in target steps), drafting ceiling at acceptance α")
         for column in COST_COLUMNS:
             costs.add_column(column, justify="right")
         costs.add_row(*row)
@@ -222,7 +222,7 @@ def compare_markdown(results: list[dict], labels: list[str]) -> str:
     costs = [[label] + row for label, r in zip(labels, results) if (row := cost_row(r.get("calibration")))]
     if costs:
         text += ("\nMachine costs (calibrated; draft and verification in target steps) and the drafting "
-                 "ceiling (speed-up of a draft chain at acceptance α, best k): a machine whose draft "
+                 "ceiling (speed-up of a draft chain at acceptance α = 1 .. 0.6, best k): a machine whose draft "
                  "costs a larger share of a target step, or whose verification grows faster with the "
                  "tokens fed, gains less at the same acceptance.\n\n"
                  + markdown_table(["machine"] + COST_COLUMNS, costs) + "\n")
