@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlx_spec.policy import CEILING_ALPHAS, Costs
+
 
 def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{suffix}"
@@ -17,6 +19,7 @@ def _split(v) -> str:
     return "/".join(f"{100 * (s[p] or 0):.0f}" for p in ("draft", "verify", "other"))
 
 
+COST_COLUMNS = ["target step", "draft step", "verify k=3", "verify k=15"] + [f"α={a:g}" for a in CEILING_ALPHAS]
 SUMMARY_COLUMNS = ["temp", "category", "arm", "tok/s", "speed-up", "worst prompt", "modeled", "vs mlx-lm best", "vs mlx-lm same k",
                    "τ", "accept", "k", "draft/verify/other %", "peak GB"]
 
@@ -36,10 +39,6 @@ def summary_rows(result: dict) -> list[list[str]]:
     return rows
 
 
-CEILING_ALPHAS = (1.0, 0.9, 0.8, 0.7, 0.6)
-COST_COLUMNS = ["target step", "draft step", "verify k=3", "verify k=15"] + [f"α={a:g}" for a in CEILING_ALPHAS]
-
-
 def cost_row(calibration: dict | None) -> list[str] | None:
     """The machine's calibrated costs that decide every speculative speed-up, as shares of
     a plain target step (the seconds of one), and the drafting ceiling at a few acceptance
@@ -47,17 +46,10 @@ def cost_row(calibration: dict | None) -> list[str] | None:
     None without a calibration (a run with no speculative arm)."""
     if not calibration:
         return None
-    from mlx_spec.policy import Costs
-
-    costs = Costs(**calibration)
-    step = costs.verify[0]
-
-    def verify(k):
-        return _fmt(costs.verify[min(k, len(costs.verify) - 1)] / step, ".2f", "×")
-
-    ceilings = [costs.ceiling(a) for a in CEILING_ALPHAS]
-    return ([_fmt(step, ".3f", " s"), _fmt(costs.draft_step / step, ".2f", "×"), verify(3), verify(15)]
-            + [f"{s:.2f}× (k {k})" for s, k in ceilings])
+    shares = Costs(**calibration).shares()
+    return ([_fmt(shares["target_step"], ".3f", " s"), _fmt(shares["draft_step"], ".2f", "×")]
+            + [_fmt(v, ".2f", "×") for v in shares["verify"].values()]
+            + [f"{s:.2f}× (k {k})" for s, k in shares["ceiling"].values()])
 
 
 def costs_markdown(result: dict) -> str:

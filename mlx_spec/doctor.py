@@ -1,7 +1,8 @@
 """`mlx-spec doctor`: what this machine offers and what mlx-spec will use on it.
 
 collect() gathers the report as a plain dict (backend, machine, BLAS, versions, cache
-locations, local models); render() lays it out. Nothing here loads a model or downloads.
+locations, local models, the pairs calibrated on this machine and their drafting ceilings);
+render() lays it out. Nothing here loads a model or downloads.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def collect() -> dict:
     """The doctor report as a JSON-able dict."""
     import mlx_spec
     from mlx_spec.platform import machine
-    from mlx_spec.policy import calibration_path
+    from mlx_spec.policy import calibrated_pairs, calibration_path
     from mlx_spec.registry import default_path, load_registry
     from mlx_spec.resolve import hf_cache_dir, models_home
 
@@ -82,6 +83,8 @@ def collect() -> dict:
         registry = None
         report["problems"].append(f"models.toml: {err.message}")
     report["models"] = _local_models(registry)
+    report["calibrated"] = [{"target": target, "draft": draft, **costs.shares()}
+                            for target, draft, costs in calibrated_pairs() if costs.draft_step > 0]
     return report
 
 
@@ -104,6 +107,12 @@ def _machine_rows(report: dict) -> list[tuple[str, str]]:
         rows.append(("BLAS", report["blas"]))
     rows += [(name, version or "not installed") for name, version in report["versions"].items()]
     return rows
+
+
+def _calibrated(c: dict) -> str:
+    alphas, ceilings = zip(*[(f"{a:g}", f"{s:.2f}×") for a, (s, _) in list(c["ceiling"].items())[:3]])
+    return (f"draft {c['draft_step']:.2f}×, verify(15) {c['verify'][15]:.2f}× of a {c['target_step']:.3f} s "
+            f"step; ceiling {'/'.join(ceilings)} at α {'/'.join(alphas)}")
 
 
 def render(report: dict, console) -> None:
@@ -134,5 +143,9 @@ def render(report: dict, console) -> None:
         label = row["pair"] + (" (default)" if row["default"] else "")
         models.append((label, state))
     section("models", models or [("-", "none")])
+    if report.get("calibrated"):
+        section("calibrated pairs (costs in target steps; drafting ceiling at acceptance α)",
+                [(f"{Path(c['target']).name} + {Path(c['draft']).name}", _calibrated(c))
+                 for c in report["calibrated"]])
     if report["problems"]:
         section("problems", [("!", p) for p in report["problems"]])

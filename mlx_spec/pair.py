@@ -9,14 +9,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence, Union
 
 from mlx_spec.decode import Engine, Step
 from mlx_spec.draft_head import SubsetHead, ascii_token_ids
 from mlx_spec.errors import SpecError
-from mlx_spec.policy import AdaptiveK, FixedK, cached_calibration
+from mlx_spec.policy import AdaptiveK, FixedK, cached_calibration, calibration_key
 from mlx_spec.proposers import DraftModelProposer, NgramProposer
 from mlx_spec.sampling import SamplingParams
 from mlx_spec.stats import Stats
@@ -105,9 +104,7 @@ class Pair:
     def _policy(self, drafting: bool):
         if not drafting or self.k == 0:
             return FixedK(0)
-        key = "|".join(
-            [_machine_key(), self.target_name, self.draft_name or "-", str(self.target_bytes)]
-        )
+        key = calibration_key(self.target_name, self.draft_name, self.target_bytes)
         costs = cached_calibration(key, self.target, self.draft, self.k_max)
         if self.k is not None:
             return FixedK(self.k, costs)
@@ -195,13 +192,6 @@ def _ascii_ids(tokenizer, vocab: int) -> list[int]:
     if key not in _ASCII_IDS:
         _ASCII_IDS[key] = ascii_token_ids(tokenizer, vocab)
     return _ASCII_IDS[key]
-
-
-def _machine_key() -> str:
-    from mlx_spec.platform import machine
-
-    m = machine()
-    return hashlib.sha1(f"{m['chip']}|{m['backend']}|{m['cpu_cores']}".encode()).hexdigest()[:12]
 
 
 def load_pair(

@@ -8,6 +8,7 @@ once per machine and pair (`calibrate`, cached on disk); alpha is tracked online
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -20,6 +21,9 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from mlx_spec.errors import SpecError
+
+
+CEILING_ALPHAS = (1.0, 0.9, 0.8, 0.7, 0.6)  # acceptance rates at which reports give the ceiling
 
 
 @dataclass
@@ -97,6 +101,18 @@ class Costs:
             if speedup > best[0] + 1e-12:
                 best = (speedup, k)
         return best
+
+    def shares(self, alphas=CEILING_ALPHAS) -> dict:
+        """What decides a machine's speed-ups, for reports: the plain target step in seconds,
+        the draft step and the verification of 3 and of 15 drafts in target steps, and the
+        drafting ceiling (speed-up, k) at each acceptance rate in `alphas`."""
+        step = self.verify[0]
+        return {
+            "target_step": step,
+            "draft_step": self.draft_step / step,
+            "verify": {k: self.verify[min(k, len(self.verify) - 1)] / step for k in (3, 15)},
+            "ceiling": {alpha: self.ceiling(alpha) for alpha in alphas},
+        }
 
 
 class FixedK:
@@ -406,6 +422,36 @@ def calibrate(target, draft=None, k_max: int = 8, context: int = 128, repeats: i
 def calibration_path() -> Path:
     home = os.environ.get("MLX_SPEC_HOME") or Path.home() / ".cache" / "mlx-spec"
     return Path(home) / "calibration.json"
+
+
+def _machine_key() -> str:
+    from mlx_spec.platform import machine
+
+    m = machine()
+    return hashlib.sha1(f"{m['chip']}|{m['backend']}|{m['cpu_cores']}".encode()).hexdigest()[:12]
+
+
+def calibration_key(target_name: str, draft_name: str | None, target_bytes: int) -> str:
+    """The calibration's key: this machine, the pair's names and the target's size."""
+    return "|".join([_machine_key(), target_name, draft_name or "-", str(target_bytes)])
+
+
+def calibrated_pairs() -> list[tuple[str, str, Costs]]:
+    """(target, draft, costs) of every pair calibrated on this machine, as cached."""
+    try:
+        table = json.loads(calibration_path().read_text())
+    except (OSError, ValueError):
+        return []
+    pairs = []
+    for key, entry in table.items():
+        parts = key.split("|")
+        if len(parts) != 4 or parts[0] != _machine_key():
+            continue
+        try:
+            pairs.append((parts[1], parts[2], Costs(**entry)))
+        except (TypeError, ValueError):
+            continue
+    return pairs
 
 
 def cached_calibration(key: str, target, draft=None, k_max: int = 8) -> Costs:

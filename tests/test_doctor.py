@@ -88,6 +88,30 @@ def test_local_pairs_and_converted_models_are_listed(stories_path, tmp_path, mon
     assert "tiny (default)" in out and "present" in out and "draft only" in out
 
 
+def test_pairs_calibrated_on_this_machine_are_listed_with_their_ceiling(tmp_path, monkeypatch):
+    from mlx_spec.policy import Costs, calibration_key
+
+    monkeypatch.setenv("MLX_SPEC_HOME", str(tmp_path))
+    assert collect()["calibrated"] == []  # no calibration file yet
+    ours = {"draft_step": 0.25, "verify": [1.0, 1.2, 1.2, 1.3] + [1.5] * 12}
+    elsewhere = {"draft_step": 0.1, "verify": [1.0] * 16}
+    ngram = {"draft_step": 0.0, "verify": [1.0] * 16}
+    table = {calibration_key("org/big", "org/small", 123): ours,
+             "0123456789ab|org/big|org/small|123": elsewhere,  # another machine's entry
+             calibration_key("org/big", "ngram", 123): ngram}  # nothing drafts: no ceiling
+    (tmp_path / "calibration.json").write_text(json.dumps(table))
+    report = json.loads(run("--json").stdout)
+    [entry] = report["calibrated"]
+    assert (entry["target"], entry["draft"]) == ("org/big", "org/small")
+    costs = Costs(**ours)
+    assert entry["draft_step"] == pytest.approx(0.25) and entry["verify"]["15"] == pytest.approx(1.5)
+    assert entry["ceiling"]["0.9"] == pytest.approx(list(costs.ceiling(0.9)))
+    out = " ".join(run().stdout.split())  # the table wraps at the terminal's width
+    assert "calibrated pairs" in out and "big + small" in out
+    ceilings = "/".join(f"{costs.ceiling(a)[0]:.2f}×" for a in (1.0, 0.9, 0.8))
+    assert f"ceiling {ceilings} at α 1/0.9/0.8" in out
+
+
 def test_a_broken_models_toml_is_a_problem_not_a_crash(tmp_path, monkeypatch):
     toml = tmp_path / "models.toml"
     toml.write_text("default = [")
