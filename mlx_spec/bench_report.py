@@ -53,7 +53,7 @@ def cost_row(calibration: dict | None) -> list[str] | None:
 
 
 def costs_markdown(result: dict) -> str:
-    """One line of the machine's costs and drafting ceilings ("" without a calibration)."""
+    """A table of the machine's costs and drafting ceilings, with its lead ("" without a calibration)."""
     row = cost_row(result.get("calibration"))
     if row is None:
         return ""
