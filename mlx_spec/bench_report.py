@@ -19,6 +19,8 @@ def _split(v) -> str:
     return "/".join(f"{100 * (s[p] or 0):.0f}" for p in ("draft", "verify", "other"))
 
 
+COSTS_LEAD = ("Costs (calibrated; draft and verification in target steps) and the drafting ceiling "
+              f"(speed-up of a draft chain at acceptance α = {CEILING_ALPHAS[0]:g} .. {CEILING_ALPHAS[-1]:g}, best k)")
 COST_COLUMNS = ["target step", "draft step", "verify k=3", "verify k=15"] + [f"α={a:g}" for a in CEILING_ALPHAS]
 SUMMARY_COLUMNS = ["temp", "category", "arm", "tok/s", "speed-up", "worst prompt", "modeled", "vs mlx-lm best", "vs mlx-lm same k",
                    "τ", "accept", "k", "draft/verify/other %", "peak GB"]
@@ -57,8 +59,7 @@ def costs_markdown(result: dict) -> str:
     row = cost_row(result.get("calibration"))
     if row is None:
         return ""
-    return ("Costs (calibrated; draft and verification in target steps) and the drafting ceiling "
-            "(speed-up of a draft chain at acceptance α = 1 .. 0.6, best k):\n\n" + markdown_table(COST_COLUMNS, [row]) + "\n")
+    return f"{COSTS_LEAD}:\n\n" + markdown_table(COST_COLUMNS, [row]) + "\n"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -213,10 +214,9 @@ def compare_markdown(results: list[dict], labels: list[str]) -> str:
     text = machines + "\n\n" + markdown_table(header, rows) + "\n"
     costs = [[label] + row for label, r in zip(labels, results) if (row := cost_row(r.get("calibration")))]
     if costs:
-        text += ("\nMachine costs (calibrated; draft and verification in target steps) and the drafting "
-                 "ceiling (speed-up of a draft chain at acceptance α = 1 .. 0.6, best k): a machine whose draft "
-                 "costs a larger share of a target step, or whose verification grows faster with the "
-                 "tokens fed, gains less at the same acceptance.\n\n"
+        text += (f"\nMachine {COSTS_LEAD[0].lower()}{COSTS_LEAD[1:]}: a machine whose draft costs a larger share "
+                 "of a target step, or whose verification grows faster with the tokens fed, gains less at the "
+                 "same acceptance.\n\n"
                  + markdown_table(["machine"] + COST_COLUMNS, costs) + "\n")
     return text
 

@@ -436,16 +436,21 @@ def calibration_key(target_name: str, draft_name: str | None, target_bytes: int)
     return "|".join([_machine_key(), target_name, draft_name or "-", str(target_bytes)])
 
 
+def _calibration_table() -> dict:
+    """calibration.json's entries by key ({} when it is missing or unreadable)."""
+    try:
+        return json.loads(calibration_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def calibrated_pairs() -> list[tuple[str, str, Costs]]:
     """(target, draft, costs) of every pair calibrated on this machine, as cached."""
-    try:
-        table = json.loads(calibration_path().read_text())
-    except (OSError, ValueError):
-        return []
+    machine_key = _machine_key()
     pairs = []
-    for key, entry in table.items():
+    for key, entry in _calibration_table().items():
         parts = key.split("|")
-        if len(parts) != 4 or parts[0] != _machine_key():
+        if len(parts) != 4 or parts[0] != machine_key:
             continue
         try:
             pairs.append((parts[1], parts[2], Costs(**entry)))
@@ -457,10 +462,7 @@ def calibrated_pairs() -> list[tuple[str, str, Costs]]:
 def cached_calibration(key: str, target, draft=None, k_max: int = 8) -> Costs:
     """Costs for this machine and pair, measured once and kept in calibration.json."""
     path = calibration_path()
-    try:
-        table = json.loads(path.read_text())
-    except (OSError, ValueError):
-        table = {}
+    table = _calibration_table()
     entry = table.get(key)
     # an entry from before the ladder was kept was also measured without interleaving
     if entry and len(entry.get("verify", [])) > k_max and entry.get("ladder") and (
