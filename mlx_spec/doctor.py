@@ -109,9 +109,19 @@ def _machine_rows(report: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _pair_labels(calibrated: list[dict]) -> list[str]:
+    """"target + draft" by folder name, or by full reference where two entries would read
+    the same (one model calibrated from two paths)."""
+    short = [f"{Path(c['target']).name} + {Path(c['draft']).name}" for c in calibrated]
+    return [label if short.count(label) == 1 else f"{c['target']} + {c['draft']}"
+            for label, c in zip(short, calibrated)]
+
+
 def _calibrated(c: dict) -> str:
     alphas, ceilings = zip(*[(f"{a:g}", f"{s:.2f}×") for a, (s, _) in list(c["ceiling"].items())[:3]])
-    return (f"draft {c['draft_step']:.2f}×, verify(15) {c['verify'][15]:.2f}× of a {c['target_step']:.3f} s "
+    verify = c["verify"][15]
+    verify = "—" if verify is None else f"{verify:.2f}×"  # None: calibrated for a shorter k_max
+    return (f"draft {c['draft_step']:.2f}×, verify(15) {verify} of a {c['target_step']:.3f} s "
             f"step; ceiling {'/'.join(ceilings)} at α {'/'.join(alphas)}")
 
 
@@ -145,7 +155,6 @@ def render(report: dict, console) -> None:
     section("models", models or [("-", "none")])
     if report.get("calibrated"):
         section("calibrated pairs (costs in target steps; drafting ceiling at acceptance α)",
-                [(f"{Path(c['target']).name} + {Path(c['draft']).name}", _calibrated(c))
-                 for c in report["calibrated"]])
+                list(zip(_pair_labels(report["calibrated"]), map(_calibrated, report["calibrated"]))))
     if report["problems"]:
         section("problems", [("!", p) for p in report["problems"]])

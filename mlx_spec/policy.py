@@ -104,13 +104,14 @@ class Costs:
 
     def shares(self, alphas=CEILING_ALPHAS) -> dict:
         """What decides a machine's speed-ups, for reports: the plain target step in seconds,
-        the draft step and the verification of 3 and of 15 drafts in target steps, and the
-        drafting ceiling (speed-up, k) at each acceptance rate in `alphas`."""
+        the draft step and the verification of 3 and of 15 drafts in target steps (None where
+        the calibration stopped short of that k), and the drafting ceiling (speed-up, k) at
+        each acceptance rate in `alphas`."""
         step = self.verify[0]
         return {
             "target_step": step,
             "draft_step": self.draft_step / step,
-            "verify": {k: self.verify[min(k, len(self.verify) - 1)] / step for k in (3, 15)},
+            "verify": {k: self.verify[k] / step if k < len(self.verify) else None for k in (3, 15)},
             "ceiling": {alpha: self.ceiling(alpha) for alpha in alphas},
         }
 

@@ -112,6 +112,21 @@ def test_pairs_calibrated_on_this_machine_are_listed_with_their_ceiling(tmp_path
     assert f"ceiling {ceilings} at α 1/0.9/0.8" in out
 
 
+def test_one_model_calibrated_from_two_paths_reads_as_two_rows_and_a_short_ladder_has_no_k15(
+        tmp_path, monkeypatch):
+    from mlx_spec.policy import calibration_key
+
+    monkeypatch.setenv("MLX_SPEC_HOME", str(tmp_path))
+    short = {"draft_step": 0.2, "verify": [1.0, 1.1, 1.2, 1.3, 1.4]}  # k_max = 4: no k = 15
+    table = {calibration_key("/a/tiny", "/a/tiny", 1): short, calibration_key("/b/tiny", "/b/tiny", 1): short}
+    (tmp_path / "calibration.json").write_text(json.dumps(table))
+    report = json.loads(run("--json").stdout)
+    assert [c["verify"]["15"] for c in report["calibrated"]] == [None, None]
+    assert [c["verify"]["3"] for c in report["calibrated"]] == [pytest.approx(1.3)] * 2
+    out = " ".join(run().stdout.split())
+    assert "/a/tiny + /a/tiny" in out and "/b/tiny + /b/tiny" in out and "verify(15) —" in out
+
+
 def test_a_broken_models_toml_is_a_problem_not_a_crash(tmp_path, monkeypatch):
     toml = tmp_path / "models.toml"
     toml.write_text("default = [")
