@@ -65,6 +65,17 @@ def _counts(counter: Counter) -> str:
     return ", ".join(f"{k}×{n}" for k, n in sorted(counter.items(), key=lambda kv: str(kv[0]))) or "-"
 
 
+def _by_source(stats: Stats) -> str:
+    """'draft: 12 rounds, τ 5.10, 78% accepted; none: 4 rounds' (acceptance only where drafted)."""
+    parts = []
+    for source, row in stats.by_source().items():
+        part = f"{source}: {row['rounds']} rounds, τ {row['tau']:.2f}"
+        if row["drafted"]:
+            part += f", {row['acceptance_rate']:.0%} of {row['drafted']} accepted"
+        parts.append(part)
+    return "; ".join(parts) or "-"
+
+
 def stats_rows(stats: Stats) -> list[tuple[str, str]]:
     """(label, value) pairs of the full statistics block, in reading order."""
     split = stats.time_split()
@@ -80,7 +91,7 @@ def stats_rows(stats: Stats) -> list[tuple[str, str]]:
         ("acceptance rate", f"{stats.acceptance_rate:.1%}"),
         ("by position", _percent_list(stats.acceptance_by_position)),
         ("k chosen", _counts(stats.k_counts)),
-        ("rounds by source", _counts(stats.rounds_by_source)),
+        ("by source", _by_source(stats)),
         ("time split", f"draft {split['draft']:.0%} · verify {split['verify']:.0%} · "
                        f"other {split['other']:.0%}"),
         ("peak memory", _size(stats.peak_memory_gb)),
@@ -117,7 +128,8 @@ def combine(stats_list: list[Stats]) -> Stats:
             for i, v in enumerate(theirs):
                 mine[i] += v
         total.k_counts.update(s.k_counts)
-        total.rounds_by_source.update(s.rounds_by_source)
+        for name in ("rounds_by_source", "drafted_by_source", "accepted_by_source", "tokens_by_source"):
+            getattr(total, name).update(getattr(s, name))
         total.peak_memory_gb = max(total.peak_memory_gb, s.peak_memory_gb)
         total.target_bytes, total.draft_bytes = s.target_bytes, s.draft_bytes
     return total

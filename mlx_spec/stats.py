@@ -25,6 +25,10 @@ class Stats:
     accepted_by_position: list[int] = field(default_factory=list)
     k_counts: Counter = field(default_factory=Counter)
     rounds_by_source: Counter = field(default_factory=Counter)
+    # per source, as rounds_by_source: what its rounds drafted, the target accepted, emitted
+    drafted_by_source: Counter = field(default_factory=Counter)
+    accepted_by_source: Counter = field(default_factory=Counter)
+    tokens_by_source: Counter = field(default_factory=Counter)
     draft_forwards: Counter = field(default_factory=Counter)  # tokens fed -> draft forwards
     verify_sizes: Counter = field(default_factory=Counter)  # tokens fed -> verifications
     draft_time: float = 0.0
@@ -45,7 +49,11 @@ class Stats:
         self.target_forwards += 1
         self.generated_tokens += emitted
         self.k_counts[k] += 1
-        self.rounds_by_source[source or "none"] += 1
+        source = source or "none"
+        self.rounds_by_source[source] += 1
+        self.drafted_by_source[source] += k
+        self.accepted_by_source[source] += n
+        self.tokens_by_source[source] += emitted
         self.drafted += k
         self.accepted += n
         grow = k - len(self.proposed_by_position)
@@ -88,6 +96,19 @@ class Stats:
             return 0.0
         return self.target_bytes * self.target_forwards / self.generation_time / 1e9
 
+    def by_source(self) -> dict[str, dict[str, float]]:
+        """Each source's rounds, drafted and accepted tokens, tokens emitted, τ and acceptance
+        rate: which proposer paid in this generation, and which only cost."""
+        table = {}
+        for source, rounds in sorted(self.rounds_by_source.items()):
+            drafted, accepted = self.drafted_by_source[source], self.accepted_by_source[source]
+            table[source] = {
+                "rounds": rounds, "drafted": drafted, "accepted": accepted,
+                "tokens": self.tokens_by_source[source], "tau": self.tokens_by_source[source] / rounds,
+                "acceptance_rate": accepted / drafted if drafted else 0.0,
+            }
+        return table
+
     def time_split(self) -> dict[str, float]:
         total = self.draft_time + self.verify_time + self.other_time
         if total <= 0:
@@ -121,6 +142,7 @@ class Stats:
             "mean_k": self.mean_k,
             "k_counts": {str(k): v for k, v in sorted(self.k_counts.items())},
             "rounds_by_source": dict(self.rounds_by_source),
+            "by_source": self.by_source(),
             "draft_forwards": {str(t): v for t, v in sorted(self.draft_forwards.items())},
             "verify_sizes": {str(t): v for t, v in sorted(self.verify_sizes.items())},
             "target_forwards": self.target_forwards,

@@ -79,7 +79,7 @@ def test_stats_command_prints_the_full_block(stories_path):
     assert result.exit_code == 0
     block = result.stdout
     for label in ("last reply", "conversation (2 replies)", "acceptance rate", "τ (tokens/round)",
-                  "k chosen", "time split", "peak memory"):
+                  "k chosen", "by source", "time split", "peak memory"):
         assert label in block
 
 

@@ -12,6 +12,7 @@ import mlx_spec.decode as decode
 from mlx_spec.pair import Pair
 from mlx_spec.policy import FixedK
 from mlx_spec.proposers import cache_length
+from mlx_spec.render import combine
 
 PROMPT = "Once upon a time"
 
@@ -119,6 +120,25 @@ def test_statistics_are_consistent(stories):
     assert sum(stats.time_split().values()) == pytest.approx(1.0)
     assert stats.bandwidth_gbs > 0
     assert stats.to_dict()["tau"] == stats.tau
+
+
+def test_per_source_statistics_add_up_to_the_totals(stories):
+    model, tok = stories
+    pair = Pair(model, tok, draft=quantized_copy(model), ngram=True, k=3, target_bytes=1000)
+    stats = pair.generate(PROMPT * 3, max_tokens=60, chat=False).stats
+    table = stats.by_source()
+    assert set(table) == set(stats.rounds_by_source) and len(table) >= 2
+    assert sum(r["rounds"] for r in table.values()) == stats.rounds
+    assert sum(r["drafted"] for r in table.values()) == stats.drafted
+    assert sum(r["accepted"] for r in table.values()) == stats.accepted
+    assert sum(r["tokens"] for r in table.values()) == stats.generated_tokens
+    for row in table.values():
+        assert row["tau"] == pytest.approx(row["tokens"] / row["rounds"])
+        assert 0.0 <= row["acceptance_rate"] <= 1.0 and row["accepted"] <= row["drafted"]
+    assert table.get("none", {"drafted": 0})["drafted"] == 0
+    assert stats.to_dict()["by_source"] == table
+    both = combine([stats, stats]).by_source()
+    assert {s: r["tokens"] for s, r in both.items()} == {s: 2 * r["tokens"] for s, r in table.items()}
 
 
 class PaddingPolicy(FixedK):
