@@ -62,6 +62,38 @@ def costs_markdown(result: dict) -> str:
     return f"{COSTS_LEAD}:\n\n" + markdown_table(COST_COLUMNS, [row]) + "\n"
 
 
+SOURCES_LEAD = ("Where the mlx-spec arms' tokens came from (per proposer, over the category's prompts: "
+                "its share of the rounds, tokens per round, and the share of its drafted tokens the target accepted)")
+SOURCE_COLUMNS = ["temp", "category", "arm", "source", "rounds", "τ", "accepted", "drafted"]
+
+
+def source_rows(result: dict) -> list[list[str]]:
+    """Per temperature, category and mlx-spec arm, each source's rounds (share), τ and
+    acceptance, summed over the category's prompts from the runs' `by_source` statistics
+    (results recorded before it existed have none: no rows)."""
+    totals: dict[tuple, dict[str, dict[str, float]]] = {}
+    for run in (r for r in result["runs"] if r.get("kind") == "spec"):
+        for source, row in ((run.get("stats") or {}).get("by_source") or {}).items():
+            key = (str(run["temperature"]), run["category"], run["arm"])
+            total = totals.setdefault(key, {}).setdefault(source, dict.fromkeys(("rounds", "tokens", "drafted", "accepted"), 0))
+            for field in total:
+                total[field] += row[field]
+    rows = []
+    for (temperature, category, arm), sources in sorted(totals.items()):
+        rounds = sum(t["rounds"] for t in sources.values())
+        for source, t in sorted(sources.items()):
+            rows.append([temperature, category, arm, source, f"{t['rounds']} ({t['rounds'] / rounds:.0%})",
+                         f"{t['tokens'] / t['rounds']:.2f}",
+                         f"{t['accepted'] / t['drafted']:.0%}" if t["drafted"] else "—", str(t["drafted"])])
+    return rows
+
+
+def sources_markdown(result: dict) -> str:
+    """The table of `source_rows` with its lead ("" when the runs have no per-source statistics)."""
+    rows = source_rows(result)
+    return f"{SOURCES_LEAD}:\n\n" + markdown_table(SOURCE_COLUMNS, rows) + "\n" if rows else ""
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -101,9 +133,8 @@ def summary_markdown(result: dict) -> str:
     ]
     if result.get("greedy_mismatches"):
         head.append(f"**Greedy outputs differed:** {', '.join(result['greedy_mismatches'])}")
-    costs = costs_markdown(result)
-    return ("\n".join(head) + "\n\n" + markdown_table(SUMMARY_COLUMNS, summary_rows(result)) + "\n"
-            + ("\n" + costs if costs else ""))
+    extra = "".join("\n" + part for part in (costs_markdown(result), sources_markdown(result)) if part)
+    return "\n".join(head) + "\n\n" + markdown_table(SUMMARY_COLUMNS, summary_rows(result)) + "\n" + extra
 
 
 def print_summary(result: dict, console=None) -> None:

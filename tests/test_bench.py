@@ -122,6 +122,25 @@ def test_reports_show_the_machine_costs_and_drafting_ceiling_from_the_calibratio
     assert "Machine costs" not in compare_markdown([plain], ["M4"])
 
 
+def test_reports_show_where_each_spec_arms_tokens_came_from(result):
+    summary = summary_markdown(result)
+    assert "| source | rounds | τ | accepted | drafted |" in summary
+    # k=3 with a model drafting for itself: every greedy round is a draft round of 4 tokens
+    runs = [r for r in result["runs"] if r["arm"] == "mlx-spec k=3" and r["temperature"] == 0.0
+            and r["category"] == "code"]
+    draft = runs[0]["stats"]["by_source"]["draft"]
+    assert draft["tau"] == 4.0 and draft["acceptance_rate"] == 1.0
+    assert f"| 0.0 | code | mlx-spec k=3 | draft | {draft['rounds']} (100%) | 4.00 | 100% | {draft['drafted']} |" in summary
+    rows = [r for r in summary.splitlines() if r.startswith("| 0.0 | code | mlx-spec adaptive |") and "(" in r]
+    shares = [int(r.split("(")[1].split("%")[0]) for r in rows]
+    assert rows and 99 <= sum(shares) <= 101  # the sources' shares of the rounds add up
+    assert not any("| plain |" in r or "mlx-lm" in r for r in summary.split("tokens came from")[1].splitlines())
+    # results recorded before per-source statistics have no such table
+    old = {**result, "runs": [{**r, "stats": {k: v for k, v in (r["stats"] or {}).items() if k != "by_source"}}
+                              for r in result["runs"]]}
+    assert "tokens came from" not in summary_markdown(old)
+
+
 def test_summary_table_shows_the_worst_prompt_beside_the_median(result):
     table = summary_markdown(result)
     assert "| speed-up | worst prompt |" in table
