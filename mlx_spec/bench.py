@@ -130,18 +130,34 @@ class Bench:
         if arm.k:
             kwargs.update(draft_model=self.draft.model, num_draft_tokens=arm.k)
         tic = time.perf_counter()
-        tokens, drafted = [], 0
+        tokens, from_draft = [], []
         for response in stream_generate(self.target.model, self.target.tokenizer, ids,
                                         max_tokens=max_tokens, **kwargs):
             tokens.append(int(response.token))
-            drafted += bool(response.from_draft)
+            from_draft.append(bool(response.from_draft))
         seconds = time.perf_counter() - tic
-        # every mlx-lm round emits exactly one token that is not an accepted draft token
-        rounds = max(len(tokens) - drafted, 1)
-        stats = {"accepted": drafted, "rounds": rounds, "tau": len(tokens) / rounds}
+        rounds, drafted = mlx_lm_rounds(from_draft, arm.k or 0, max_tokens)
+        accepted = sum(from_draft)
+        stats = {"accepted": accepted, "rounds": rounds, "tau": len(tokens) / rounds}
         if arm.k:
-            stats.update(acceptance_rate=drafted / (rounds * arm.k), mean_k=arm.k)
+            stats.update(drafted=drafted, acceptance_rate=accepted / max(drafted, 1), mean_k=drafted / rounds)
         return Run(tokens, seconds, stats)
+
+
+def mlx_lm_rounds(from_draft: list[bool], k: int, max_tokens: int) -> tuple[int, int]:
+    """(rounds, drafted tokens) of an mlx-lm speculative run, read from its stream's
+    `from_draft` flags. A round emits its accepted draft tokens, then one token of the
+    target's own, except where the stream stopped inside it (the token budget, or an
+    end-of-sequence token the draft proposed); mlx-lm drafts min(k, tokens left) per round."""
+    rounds = drafted = emitted = 0
+    starts_round = True
+    for flag in from_draft:
+        if starts_round:
+            rounds += 1
+            drafted += min(k, max_tokens - emitted)
+        emitted += 1
+        starts_round = not flag
+    return max(rounds, 1), drafted
 
 
 def _median(values):

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 import mlx_spec
 import mlx_spec.bench as bench_module
-from mlx_spec.bench import (SCHEMA, Bench, Run, default_arms, merge_results, read_result, run_suite, summarize,
-                             write_result)
+from mlx_spec.bench import (SCHEMA, Bench, Run, default_arms, merge_results, mlx_lm_rounds, read_result, run_suite,
+                             summarize, write_result)
 from mlx_spec.bench_report import compare_markdown, plot_result, summary_markdown
 from mlx_spec.cli import app
 from mlx_spec.errors import SpecError
@@ -80,6 +80,29 @@ def test_spec_runs_carry_their_modeled_speedup_from_counted_forwards(result):
     v = result["summary"]["0.0"]["code"]["mlx-spec k=3"]
     assert v["modeled_speedup"] > 0 and result["summary"]["0.0"]["code"]["plain"]["modeled_speedup"] is None
     assert "| modeled |" in summary_markdown(result)
+
+
+def test_mlx_lm_rounds_are_read_from_the_stream_including_a_round_cut_short():
+    d, t = True, False
+    # two whole rounds of k = 3, all accepted, then the budget of 10 cut the third after 2 drafts
+    assert mlx_lm_rounds([d, d, d, t, d, d, d, t, d, d], k=3, max_tokens=10) == (3, 3 + 3 + 2)
+    # a rejection at the first draft: the round emits only the target's token
+    assert mlx_lm_rounds([t, d, t, t], k=3, max_tokens=128) == (3, 9)
+    # an end-of-sequence token drafted and accepted ends the stream inside its round
+    assert mlx_lm_rounds([d, t, d], k=2, max_tokens=128) == (2, 4)
+    assert mlx_lm_rounds([], k=3, max_tokens=8) == (1, 0)
+
+
+def test_mlx_lm_arm_counts_its_rounds_and_drafts_exactly(stories_path):
+    from mlx_spec.loading import load_model
+
+    loaded = load_model(str(stories_path))
+    bench = Bench(loaded, loaded, [default_arms(mlx_lm_ks=(3,))[-1]], max_tokens=10, chat=False)
+    ids = loaded.tokenizer.encode("Once upon a time")
+    stats = bench.run(bench.arms[0], ids, 0.0, 0).stats
+    # the model drafts for itself: every draft is accepted, the last round drafts only 2
+    assert (stats["rounds"], stats["drafted"], stats["accepted"]) == (3, 8, 8)
+    assert stats["acceptance_rate"] == 1.0 and stats["tau"] == pytest.approx(10 / 3)
 
 
 def test_summary_takes_median_of_per_prompt_ratios():
