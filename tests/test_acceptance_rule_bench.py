@@ -1,0 +1,46 @@
+"""benchmarks/acceptance_rule.py: what rejection sampling is worth over sample-and-compare."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "acceptance_rule.py"
+
+
+@pytest.fixture(scope="module")
+def rule():
+    spec = importlib.util.spec_from_file_location("acceptance_rule", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_chain_tokens_follow_the_per_position_rates(rule):
+    assert rule.chain_tokens([1.0] * 6, 3) == 4.0
+    assert rule.chain_tokens([0.0] * 6, 3) == 1.0
+    assert rule.chain_tokens([0.5] * 10, 2) == pytest.approx(1 + 0.5 + 0.25)
+    # a chain started at t reads the rates of positions t, t+1, ...
+    assert rule.chain_tokens([1.0, 0.0, 1.0], 2) == pytest.approx(((1 + 1 + 0) + (1 + 0)) / 2)
+
+
+def test_a_model_drafting_for_itself_is_always_accepted_by_rejection_sampling_only(
+        rule, stories_path, tmp_path, monkeypatch):
+    out = tmp_path / "rule.json"
+    monkeypatch.setattr(sys, "argv", ["acceptance_rule.py", "--pair", str(stories_path), "--draft",
+                                      str(stories_path), "--per-category", "1", "--max-tokens", "8",
+                                      "--ks", "3", "--out", str(out)])
+    rule.main()
+    rows = json.loads(out.read_text())["prompts"]
+    assert [r["category"] for r in rows] == ["code", "math", "open", "edit"]
+    for r in rows:
+        # q = p: sum min(p, p) = 1, while two independent samples agree with sum p^2 < 1
+        assert r["rejection"] == pytest.approx(1.0, abs=1e-4)
+        assert r["tau_rejection_k3"] == pytest.approx(4.0, abs=1e-3)
+        assert r["sample_compare"] < 0.999 and r["tau_sample_compare_k3"] < r["tau_rejection_k3"]
+    table = out.with_suffix(".md").read_text()
+    assert "| code | 1 | 1.000 |" in table and "ratio k=3" in table
