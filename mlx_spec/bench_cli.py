@@ -1,4 +1,5 @@
-"""`mlx-spec bench`, `bench compare` and `bench merge`: the command-line face of bench.py."""
+"""`mlx-spec bench`, `bench show`, `bench compare` and `bench merge`: the command-line face of
+bench.py."""
 
 from __future__ import annotations
 
@@ -15,8 +16,23 @@ bench_app = typer.Typer(
     help="Benchmark a pair: plain decoding vs mlx-spec vs mlx-lm's speculative decoding, "
     "interleaved in one run.\n\nExamples:\n\n  mlx-spec bench --pair qwen2.5-coder-1.5b --prompts-per-category 2\n\n"
     "  mlx-spec bench compare m3pro.json m4.json --out compare.md --plot compare.png\n\n"
-    "  mlx-spec bench merge greedy.json t07.json --out result.json",
+    "  mlx-spec bench merge greedy.json t07.json --out result.json\n\n"
+    "  mlx-spec bench show result.json --md result.md",
 )
+
+MD_HELP = "Also write the summary as markdown (tables of arms, costs and sources)."
+
+
+def _report(result: dict, md: Optional[Path], plot: Optional[Path]) -> None:
+    """Print a result's tables; write its markdown summary and plot where asked."""
+    from mlx_spec.bench_report import plot_result, print_summary, summary_markdown
+
+    print_summary(result)
+    if md:
+        Path(md).write_text(summary_markdown(result))
+        typer.echo(f"markdown written to {md}", err=True)
+    if plot:
+        typer.echo(f"plot written to {plot_result(result, plot)}", err=True)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -44,6 +60,7 @@ def run(
     chain_arm: bool = typer.Option(False, "--chain-arm", help="Add adaptive mlx-spec verifying the draft's chain alone (no token tree)."),
     out: Optional[Path] = typer.Option(None, help="Result JSON (default benchmarks/results/bench-<time>.json)."),
     plot: Optional[Path] = typer.Option(None, help="Also write a PNG of speed-ups per category."),
+    md: Optional[Path] = typer.Option(None, help=MD_HELP),
 ):
     """Run the benchmark suite and write a result file stamped with this machine."""
     if ctx.invoked_subcommand:
@@ -53,7 +70,6 @@ def run(
     from rich.console import Console
 
     from mlx_spec.bench import CATEGORIES, PROMPTS_DIR, Bench, default_arms, load_prompts, run_suite, write_result
-    from mlx_spec.bench_report import plot_result, print_summary
     from mlx_spec.loading import load_model
     from mlx_spec.registry import load_registry
 
@@ -78,10 +94,8 @@ def run(
         result = run_suite(bench, prompts, _floats(temps), repeats, on_progress=report)
     out = out or PROMPTS_DIR.parent / "results" / f"bench-{datetime.now():%Y%m%d-%H%M%S}.json"
     write_result(result, out)
-    print_summary(result, Console())
+    _report(result, md, plot)
     console.print(f"result written to {out}")
-    if plot:
-        console.print(f"plot written to {plot_result(result, plot)}")
     if result["greedy_mismatches"]:
         raise SpecError(
             f"greedy outputs differed from plain decoding in {len(result['greedy_mismatches'])} run(s)",
@@ -120,18 +134,29 @@ def merge(
     results: List[Path] = typer.Argument(..., help="Result files of one suite, run at different temperatures."),
     out: Path = typer.Option(..., help="Write the merged result here."),
     plot: Optional[Path] = typer.Option(None, help="Also write a PNG of speed-ups per category."),
+    md: Optional[Path] = typer.Option(None, help=MD_HELP),
 ):
     """One result from the parts of a suite run as separate commands (same machine and models).
 
     Example: mlx-spec bench merge greedy.json t07.json --out result.json --plot result.png
     """
-    from rich.console import Console
-
     from mlx_spec.bench import merge_results, read_result, write_result
-    from mlx_spec.bench_report import plot_result, print_summary
 
     merged = merge_results([read_result(p) for p in results])
     write_result(merged, out)
-    print_summary(merged, Console())
-    if plot:
-        plot_result(merged, plot)
+    _report(merged, md, plot)
+
+
+@bench_app.command()
+def show(
+    result: Path = typer.Argument(..., help="A result file written by `mlx-spec bench`."),
+    md: Optional[Path] = typer.Option(None, help=MD_HELP),
+    plot: Optional[Path] = typer.Option(None, help="Also write a PNG of speed-ups per category."),
+):
+    """Print a recorded result's tables again (summary, costs, where the tokens came from).
+
+    Example: mlx-spec bench show benchmarks/results/qwen2.5-coder-1.5b-cpu.json --md result.md
+    """
+    from mlx_spec.bench import read_result
+
+    _report(read_result(result), md, plot)

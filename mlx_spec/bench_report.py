@@ -3,9 +3,12 @@ plots, for one result or several side by side (an M3 Pro against an M4)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from mlx_spec.policy import CEILING_ALPHAS, Costs
+
+LOG_WIDTH = 200  # columns of a results table written to a file or a pipe
 
 
 def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
@@ -137,24 +140,39 @@ def summary_markdown(result: dict) -> str:
     return "\n".join(head) + "\n\n" + markdown_table(SUMMARY_COLUMNS, summary_rows(result)) + "\n" + extra
 
 
-def print_summary(result: dict, console=None) -> None:
+def table_console():
+    """The console results tables print to: the terminal's width, or (a log, a pipe) wide
+    enough that no column is cut to an ellipsis, unless COLUMNS sets a width."""
     from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal or "COLUMNS" in os.environ else Console(width=LOG_WIDTH)
+
+
+def _rich_table(title: str, columns: list[str], rows: list[list[str]], left: tuple[str, ...] = ()):
     from rich.table import Table
 
-    console = console or Console()
-    table = Table(title=f"mlx-spec bench — {machine_line(result)}")
-    for column in SUMMARY_COLUMNS:
-        table.add_column(column, justify="left" if column in ("temp", "category", "arm") else "right")
-    for row in summary_rows(result):
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="left" if column in left else "right")
+    for row in rows:
         table.add_row(*row)
-    console.print(table)
+    return table
+
+
+def print_summary(result: dict, console=None) -> None:
+    """The terminal form of `summary_markdown`: the summary, the machine's costs and where
+    the mlx-spec arms' tokens came from."""
+    console = console or table_console()
+    console.print(_rich_table(f"mlx-spec bench — {machine_line(result)}", SUMMARY_COLUMNS, summary_rows(result),
+                              left=("temp", "category", "arm")))
     row = cost_row(result.get("calibration"))
     if row is not None:
-        costs = Table(title="machine costs (in target steps), drafting ceiling at acceptance α")
-        for column in COST_COLUMNS:
-            costs.add_column(column, justify="right")
-        costs.add_row(*row)
-        console.print(costs)
+        console.print(_rich_table("machine costs (in target steps), drafting ceiling at acceptance α", COST_COLUMNS, [row]))
+    sources = source_rows(result)
+    if sources:
+        console.print(_rich_table("where the mlx-spec arms' tokens came from (rounds, tokens per round, accepted share of drafted)",
+                                  SOURCE_COLUMNS, sources, left=("temp", "category", "arm", "source")))
     if result.get("greedy_mismatches"):
         console.print(f"[red]greedy outputs differed from plain decoding: {result['greedy_mismatches']}[/red]")
 

@@ -191,6 +191,25 @@ def test_bench_cli_runs_and_compare_prints_a_table(stories_path, tmp_path):
     assert compared.exit_code == 0 and "A tok/s" in compared.output
 
 
+def test_bench_show_prints_a_recorded_result_whole_and_writes_its_markdown(result, tmp_path, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)  # output to a pipe, as in a log
+    path = tmp_path / "r.json"
+    write_result(result, path)
+    md = tmp_path / "r.md"
+    shown = CliRunner().invoke(app, ["bench", "show", str(path), "--md", str(md)])
+    assert shown.exit_code == 0, shown.output
+    # no column is cut to an ellipsis in a log: arm names and the sources table come out whole
+    assert "mlx-spec adaptive" in shown.output and "mlx-lm k=3" in shown.output and "…" not in shown.output
+    assert "where the mlx-spec arms' tokens came from" in shown.output
+    assert md.read_text() == summary_markdown(result)
+
+
+def test_bench_show_refuses_a_missing_file_in_one_line(tmp_path):
+    shown = CliRunner().invoke(app, ["bench", "show", str(tmp_path / "none.json")])
+    assert shown.exit_code == 1 and "cannot read benchmark result" in shown.output
+    assert "Traceback" not in shown.output
+
+
 def test_bench_cli_rejects_unknown_category():
     run = CliRunner().invoke(app, ["bench", "--categories", "poetry", "--target", "x", "--draft", "y"])
     assert run.exit_code == 1
