@@ -29,7 +29,7 @@ def _report(result: dict, md: Optional[Path], plot: Optional[Path]) -> None:
 
     print_summary(result)
     if md:
-        Path(md).write_text(summary_markdown(result))
+        Path(md).write_text(summary_markdown(result).rstrip("\n") + "\n")
         typer.echo(f"markdown written to {md}", err=True)
     if plot:
         typer.echo(f"plot written to {plot_result(result, plot)}", err=True)

@@ -201,7 +201,7 @@ def test_bench_show_prints_a_recorded_result_whole_and_writes_its_markdown(resul
     # no column is cut to an ellipsis in a log: arm names and the sources table come out whole
     assert "mlx-spec adaptive" in shown.output and "mlx-lm k=3" in shown.output and "…" not in shown.output
     assert "where the mlx-spec arms' tokens came from" in shown.output
-    assert md.read_text() == summary_markdown(result)
+    assert md.read_text() == summary_markdown(result).rstrip("\n") + "\n"
 
 
 def test_bench_show_refuses_a_missing_file_in_one_line(tmp_path):
