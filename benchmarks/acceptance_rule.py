@@ -25,6 +25,7 @@ from pathlib import Path
 import mlx_spec  # noqa: F401  (OpenBLAS before mlx)
 import mlx.core as mx  # noqa: E402
 
+from mlx_spec.bench_report import markdown_table  # noqa: E402
 from mlx_spec.pair import load_pair  # noqa: E402
 from mlx_spec.sampling import SamplingParams, probabilities  # noqa: E402
 
@@ -82,7 +83,7 @@ def summary_markdown(rows: list[dict], ks: list[int], temperature: float) -> str
     head = ["category", "prompts", "Σ min(p, q)", "Σ p·q"]
     for k in ks:
         head += [f"τ k={k} ours", f"τ k={k} mlx-lm", f"ratio k={k}"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows_out = []
     ratios = {k: [] for k in ks}
     for category in dict.fromkeys(r["category"] for r in rows):
         mine = [r for r in rows if r["category"] == category]
@@ -93,10 +94,10 @@ def summary_markdown(rows: list[dict], ks: list[int], temperature: float) -> str
             theirs = statistics.fmean(r[f"tau_sample_compare_k{k}"] for r in mine)
             ratios[k].append(ours / theirs)
             cells += [f"{ours:.2f}", f"{theirs:.2f}", f"{ours / theirs:.3f}×"]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows_out.append(cells)
     tail = ", ".join(f"k={k} {statistics.fmean(v):.3f}×" for k, v in ratios.items())
     return (f"Temperature {temperature}: tokens per round at the same k, rejection sampling over "
-            f"sample-and-compare, averaged over categories: {tail}\n\n" + "\n".join(lines) + "\n")
+            f"sample-and-compare, averaged over categories: {tail}\n\n" + markdown_table(head, rows_out) + "\n")
 
 
 def main():
