@@ -61,10 +61,26 @@ class Run:
     tokens: list[int]
     seconds: float
     stats: dict | None = None
+    first_round: tuple[float, int] | None = None  # (seconds until it arrived, tokens it emitted)
 
     @property
     def tps(self) -> float:
         return len(self.tokens) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def first_token(self) -> float | None:
+        """Seconds to the first token: the prefill (of the draft too) and the first round."""
+        return self.first_round[0] if self.first_round else None
+
+    @property
+    def decode_tps(self) -> float | None:
+        """Tokens per second after the first round: the tokens the later rounds emitted over
+        the time they took, free of the prefill and of the prompt's length (None when the
+        reply ended in its first round)."""
+        if not self.first_round:
+            return None
+        seconds, tokens = self.seconds - self.first_round[0], len(self.tokens) - self.first_round[1]
+        return tokens / seconds if tokens > 0 and seconds > 0 else None
 
 
 def load_prompts(categories=CATEGORIES, per_category: int | None = None, root: Path = PROMPTS_DIR):
@@ -108,13 +124,16 @@ class Bench:
         pair = self.pairs[arm.name]
         pair.reset()  # every run prefills from scratch, like the mlx-lm arms
         tic = time.perf_counter()
-        result = pair.generate(ids, max_tokens=max_tokens, temperature=temperature, seed=seed)
+        tokens, first_round = [], None
+        for step in pair.stream(ids, max_tokens=max_tokens, temperature=temperature, seed=seed):
+            tokens += step.tokens
+            first_round = first_round or (time.perf_counter() - tic, len(step.tokens))
         seconds = time.perf_counter() - tic
-        stats = result.stats.to_dict()
+        stats = pair.last_stats.to_dict()
         costs = self.costs(arm)
         if costs is not None:  # what this run's counted forwards cost at the calibrated prices
-            stats["modeled_speedup"] = costs.modeled_speedup(result.stats)
-        return Run(result.tokens, seconds, stats)
+            stats["modeled_speedup"] = costs.modeled_speedup(pair.last_stats)
+        return Run(tokens, seconds, stats, first_round)
 
     def costs(self, arm: Arm):
         """The calibrated costs an mlx-spec arm's policy plans with (None: plain, mlx-lm)."""
@@ -130,9 +149,10 @@ class Bench:
         if arm.k:
             kwargs.update(draft_model=self.draft.model, num_draft_tokens=arm.k)
         tic = time.perf_counter()
-        tokens, from_draft = [], []
+        tokens, from_draft, first_token = [], [], None
         for response in stream_generate(self.target.model, self.target.tokenizer, ids,
                                         max_tokens=max_tokens, **kwargs):
+            first_token = first_token or time.perf_counter() - tic
             tokens.append(int(response.token))
             from_draft.append(bool(response.from_draft))
         seconds = time.perf_counter() - tic
@@ -141,7 +161,14 @@ class Bench:
         stats = {"accepted": accepted, "rounds": rounds, "tau": len(tokens) / rounds}
         if arm.k:
             stats.update(drafted=drafted, acceptance_rate=accepted / max(drafted, 1), mean_k=drafted / rounds)
-        return Run(tokens, seconds, stats)
+        first_round = (first_token, first_round_tokens(from_draft)) if tokens else None
+        return Run(tokens, seconds, stats, first_round)
+
+
+def first_round_tokens(from_draft: list[bool]) -> int:
+    """Tokens mlx-lm's first round emitted (its accepted drafts, then the target's token),
+    from the stream's `from_draft` flags; it yields them one by one as soon as the round ends."""
+    return next((i + 1 for i, flag in enumerate(from_draft) if not flag), len(from_draft))
 
 
 def mlx_lm_rounds(from_draft: list[bool], k: int, max_tokens: int) -> tuple[int, int]:
@@ -203,6 +230,11 @@ def run_suite(bench: Bench, prompts: dict, temperatures=(0.0, 0.7), repeats: int
                             "position": order.index(arm),
                             "tokens": len(run.tokens), "seconds": run.seconds, "tps": run.tps,
                             "speedup": run.tps / base.tps if base.tps else None,
+                            "first_token": run.first_token,
+                            "first_round_tokens": run.first_round[1] if run.first_round else None,
+                            "decode_tps": run.decode_tps,
+                            "decode_speedup": run.decode_tps / base.decode_tps
+                            if run.decode_tps and base.decode_tps else None,
                             "identical": identical, "stats": run.stats,
                         })
     return {
@@ -239,6 +271,7 @@ def summarize(records: list[dict], arm_names: list[str]) -> dict:
             for r in mine:
                 by_prompt.setdefault(r["prompt"], []).append(r)
             speedups = [_median([r["speedup"] for r in rs]) for rs in by_prompt.values()]
+            decode = [_median([r.get("decode_speedup") for r in rs]) for rs in by_prompt.values()]
             modeled = [_median([(r["stats"] or {}).get("modeled_speedup") for r in rs]) for rs in by_prompt.values()]
             stats = [r["stats"] for r in mine if r["stats"] and "tau" in r["stats"]]
             per_arm[arm] = {
@@ -246,6 +279,8 @@ def summarize(records: list[dict], arm_names: list[str]) -> dict:
                 "speedup": _median(speedups),
                 "min_speedup": min(speedups) if speedups else None,
                 "modeled_speedup": _median(modeled),
+                "decode_speedup": _median(decode),
+                "first_token": _median([r.get("first_token") for r in mine]),
                 "tau": _median([s["tau"] for s in stats]),
                 "acceptance_rate": _median([s.get("acceptance_rate") for s in stats]),
                 "mean_k": _median([s.get("mean_k") for s in stats]),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mlx_spec.policy import CEILING_ALPHAS, Costs
 
-LOG_WIDTH = 200  # columns of a results table written to a file or a pipe
+LOG_WIDTH = 240  # columns of a results table written to a file or a pipe
 
 
 def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
@@ -25,8 +25,8 @@ def _split(v) -> str:
 COSTS_LEAD = ("Costs (calibrated; draft and verification in target steps) and the drafting ceiling "
               f"(speed-up of a draft chain at acceptance α = {CEILING_ALPHAS[0]:g} .. {CEILING_ALPHAS[-1]:g}, best k)")
 COST_COLUMNS = ["target step", "draft step", "verify k=3", "verify k=15"] + [f"α={a:g}" for a in CEILING_ALPHAS]
-SUMMARY_COLUMNS = ["temp", "category", "arm", "tok/s", "speed-up", "worst prompt", "modeled", "vs mlx-lm best", "vs mlx-lm same k",
-                   "τ", "accept", "k", "draft/verify/other %", "peak GB"]
+SUMMARY_COLUMNS = ["temp", "category", "arm", "tok/s", "speed-up", "worst prompt", "modeled", "after 1st round", "1st token s",
+                   "vs mlx-lm best", "vs mlx-lm same k", "τ", "accept", "k", "draft/verify/other %", "peak GB"]
 
 
 def summary_rows(result: dict) -> list[list[str]]:
@@ -37,6 +37,7 @@ def summary_rows(result: dict) -> list[list[str]]:
                 rows.append([
                     temperature, category, arm, _fmt(v["tps"]), _fmt(v["speedup"], ".2f", "×"),
                     _fmt(v.get("min_speedup"), ".2f", "×"), _fmt(v.get("modeled_speedup"), ".2f", "×"),
+                    _fmt(v.get("decode_speedup"), ".2f", "×"), _fmt(v.get("first_token"), ".2f"),
                     _fmt(v["vs_mlx_lm_best"], ".2f", "×"), _fmt(v["vs_mlx_lm_same_k"], ".2f", "×"),
                     _fmt(v["tau"]), _fmt(v["acceptance_rate"], ".0%"), _fmt(v["mean_k"], ".1f"),
                     _split(v), _fmt(v["peak_memory_gb"], ".1f"),

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 import mlx_spec
 import mlx_spec.bench as bench_module
-from mlx_spec.bench import (SCHEMA, Bench, Run, default_arms, merge_results, mlx_lm_rounds, read_result, run_suite,
-                             summarize, write_result)
+from mlx_spec.bench import (SCHEMA, Bench, Run, default_arms, first_round_tokens, merge_results, mlx_lm_rounds, read_result,
+                             run_suite, summarize, write_result)
 from mlx_spec.bench_report import compare_markdown, plot_result, summary_markdown
 from mlx_spec.cli import app
 from mlx_spec.errors import SpecError
@@ -105,6 +105,39 @@ def test_mlx_lm_arm_counts_its_rounds_and_drafts_exactly(stories_path):
     assert stats["acceptance_rate"] == 1.0 and stats["tau"] == pytest.approx(10 / 3)
 
 
+def test_mlx_lm_first_round_is_read_from_the_stream():
+    assert first_round_tokens([True, True, False, True, False]) == 3  # two accepted drafts, then its own
+    assert first_round_tokens([False, True, False]) == 1
+    assert first_round_tokens([True, True]) == 2  # the stream stopped inside the first round
+
+
+def test_speed_after_the_first_round_leaves_out_the_prefill_and_the_first_rounds_tokens():
+    run = Run(list(range(10)), 2.0, None, (0.5, 4))
+    assert run.first_token == 0.5 and run.decode_tps == pytest.approx(6 / 1.5)
+    assert Run([1, 2, 3], 1.0, None, (0.9, 3)).decode_tps is None  # nothing after the first round
+    assert Run([1, 2, 3], 1.0).decode_tps is None and Run([1, 2, 3], 1.0).first_token is None
+
+
+def test_runs_record_their_first_round_and_the_speed_after_it(result):
+    for r in result["runs"]:
+        assert 0 < r["first_token"] < r["seconds"]
+        if r["first_round_tokens"] == r["tokens"]:  # a reply whose first round was all of it
+            assert r["decode_tps"] is None
+            continue
+        assert r["decode_tps"] == pytest.approx((r["tokens"] - r["first_round_tokens"]) / (r["seconds"] - r["first_token"]))
+    greedy = {r["arm"]: r for r in result["runs"] if r["temperature"] == 0.0 and r["prompt"] == "a"}
+    # plain emits one token a round; the model drafting for itself at k = 3 gets all 3 and one more
+    assert greedy["plain"]["first_round_tokens"] == 1 and greedy["plain"]["decode_speedup"] == 1.0
+    assert greedy["mlx-spec k=3"]["first_round_tokens"] == 4 and greedy["mlx-lm k=3"]["first_round_tokens"] == 4
+    spec = greedy["mlx-spec k=3"]
+    assert spec["decode_speedup"] == pytest.approx(spec["decode_tps"] / greedy["plain"]["decode_tps"])
+    code = result["summary"]["0.0"]["code"]
+    assert code["plain"]["decode_speedup"] == 1.0
+    assert code["mlx-spec k=3"]["decode_speedup"] == pytest.approx(spec["decode_speedup"])
+    assert code["mlx-lm k=3"]["first_token"] == greedy["mlx-lm k=3"]["first_token"]
+    assert "| after 1st round | 1st token s |" in summary_markdown(result)
+
+
 def test_summary_takes_median_of_per_prompt_ratios():
     runs = [
         {"temperature": 0, "category": "c", "prompt": p, "arm": "x", "tps": t, "speedup": s, "stats": None}
@@ -113,6 +146,11 @@ def test_summary_takes_median_of_per_prompt_ratios():
     v = summarize(runs, ["x"])["0"]["c"]["x"]
     assert v["speedup"] == 2.0  # prompts a (median 2.0), b (5.0), c (0.5) -> 2.0
     assert v["min_speedup"] == 0.5
+    # results recorded before the first round was timed have no speed after it: shown as "—"
+    assert v["decode_speedup"] is None and v["first_token"] is None
+    for run, decode in zip(runs, (1.0, 2.0, 4.0, None)):
+        run["decode_speedup"] = decode
+    assert summarize(runs, ["x"])["0"]["c"]["x"]["decode_speedup"] == 2.75  # prompts a 1.5, b 4.0 -> 2.75
 
 
 def test_result_files_round_trip_and_compare(result, tmp_path):
