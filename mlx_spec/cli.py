@@ -13,6 +13,7 @@ import re
 import sys
 import traceback
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
@@ -290,6 +291,9 @@ def generate(
         "--json", help="Print {text, tokens, finish_reason, stats, target, draft} as JSON.")] = False,
     show_stats: Annotated[bool, typer.Option(
         "--stats", help="Print the full statistics block (stderr) instead of one line.")] = False,
+    trace: Annotated[Optional[Path], typer.Option(
+        help="Write every round (source, k, accepted, text, price in plain steps) to this file, "
+        "one JSON line each; print what each source earned per step.")] = None,
 ):
     """Generate one completion to stdout; statistics go to stderr.
 
@@ -300,6 +304,8 @@ def generate(
       mlx-spec generate "Once upon a time" --raw --target ./stories260K --draft ngram --k 4
 
       cat prompt.txt | mlx-spec generate - --temp 0.7 --seed 1 --json
+
+      mlx-spec generate "Write a poem about autumn." --trace rounds.jsonl
     """
     from mlx_spec.render import Painter, k_label, stats_table, summary_line, use_color
 
@@ -310,6 +316,8 @@ def generate(
     _check_options(max_tokens=max_tokens, temp=temp, top_p=top_p, top_k=top_k, min_p=min_p,
                    repetition_penalty=repetition_penalty, k=k, adaptive=adaptive, k_max=k_max,
                    no_draft=no_draft, draft=draft, pair=pair, target=target)
+    if trace is not None:
+        _trace_file(trace)
     loaded = _load(pair, target, draft, no_draft, k, k_max, dtype)
     err = _stderr_console()
     has_template = bool(loaded.tokenizer.has_chat_template)
@@ -324,7 +332,7 @@ def generate(
     for step in loaded.stream(prompt, max_tokens=max_tokens, temperature=temp, top_k=top_k,
                               top_p=top_p, min_p=min_p, seed=seed,
                               repetition_penalty=repetition_penalty, stop=stop or (),
-                              chat=use_template, system=system):
+                              chat=use_template, system=system, trace=trace is not None):
         parts.append(step.text)
         tokens += step.tokens
         finish = step.finish_reason
@@ -333,6 +341,8 @@ def generate(
             sys.stdout.flush()
     stats = loaded.last_stats
     text = "".join(parts)
+    if trace is not None:
+        _write_trace(loaded, stats, trace, err)
     if json_out:
         typer.echo(_json({"text": text, "tokens": tokens, "finish_reason": finish,
                           "stats": stats.to_dict(), "target": loaded.target_name,
@@ -344,6 +354,26 @@ def generate(
     else:
         err.print(summary_line(stats, k_label(loaded)),
                   style="dim", markup=False, soft_wrap=True)
+
+
+def _trace_file(path: Path, records: list[dict] | None = None) -> None:
+    """Write the trace (before generating, with no records: check that it can be written)."""
+    from mlx_spec.trace import write_trace
+
+    try:
+        write_trace(records or [], path)
+    except OSError as e:
+        raise SpecError(f"cannot write the trace to {path}: {e.strerror or e}", "give --trace a writable file path")
+
+
+def _write_trace(loaded, stats, path: Path, err) -> None:
+    from mlx_spec.trace import source_totals, totals_lines, trace_records
+
+    records = trace_records(stats, loaded.tokenizer, getattr(loaded.engine.policy, "costs", None))
+    _trace_file(path, records)
+    for line in totals_lines(source_totals(records)):
+        err.print(line, markup=False, highlight=False)
+    err.print(f"trace: {len(records)} rounds written to {path}", markup=False, highlight=False)
 
 
 @app.command()

@@ -315,7 +315,7 @@ class Engine:
             for shadow in shadows:
                 self.policy.update(shadow.key, *shadow_outcome(shadow.host, committed))
             stats.record_round(proposal.source if proposal else None, k, n_accepted, len(committed),
-                               proposal.forwards if proposal else (), size)
+                               proposal.forwards if proposal else (), size, committed, (t1 - t0, t2 - t1))
             stats.sibling_hits += from_tree
             t3 = time.perf_counter()
             stats.draft_time += t1 - t0

@@ -143,9 +143,11 @@ class Pair:
         stop: Sequence[str] = (),
         chat: bool = True,
         system: str | None = None,
+        trace: bool = False,
     ) -> Iterator[Step]:
         """Yield one Step per round (text, token ids, which were drafted, running stats).
-        Close the generator to cancel; the caches keep exactly the tokens emitted."""
+        Close the generator to cancel; the caches keep exactly the tokens emitted. `trace`
+        keeps a record of every round in `stats.trace` (see `mlx_spec.trace`)."""
         sampling = SamplingParams(
             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
             repetition_penalty=repetition_penalty,
@@ -157,7 +159,7 @@ class Pair:
                 f"context of {self.context_length} tokens",
                 "shorten the prompt, lower --max-tokens, or /reset the conversation",
             )
-        stats = Stats(target_bytes=self.target_bytes, draft_bytes=self.draft_bytes)
+        stats = Stats(target_bytes=self.target_bytes, draft_bytes=self.draft_bytes, trace=[] if trace else None)
         self.last_stats = stats
         yield from self.engine.decode(ids, sampling=sampling, max_tokens=max_tokens, stop_strings=stop, stats=stats)
 

@@ -73,6 +73,12 @@ class Costs:
         verify = self.verify[min(k, len(self.verify) - 1)] if size is None else self.forward(size, k)
         return k * step + verify
 
+    def round_steps(self, verified: int, forwards=()) -> float:
+        """One round's price in plain decoding steps: its verification of `verified` tokens
+        and its draft forwards (their token counts). A round that emitted fewer tokens than
+        its price cost more than plain decoding would have."""
+        return (self.forward(verified) + sum(self.draft_forward(t) for t in forwards)) / self.verify[0]
+
     def modeled_speedup(self, stats) -> float | None:
         """Speed-up over plain decoding that a generation's counted work costs at these
         prices: its verifications (by tokens fed; by k in stats that predate that count)

@@ -37,12 +37,22 @@ class Stats:
     peak_memory_gb: float = 0.0
     target_bytes: int = 0
     draft_bytes: int = 0
+    trace: list[dict] | None = None  # a list: one record per round is appended (`record_round`)
 
     def record_round(self, source: str | None, k: int, n: int, emitted: int,
-                     forwards: tuple[int, ...] = (), verified: int | None = None) -> None:
+                     forwards: tuple[int, ...] = (), verified: int | None = None,
+                     tokens: list[int] | None = None, seconds: tuple[float, float] | None = None) -> None:
         """One round: its proposal's source, k drafted, n accepted, tokens emitted, the
         token counts of the draft forwards that made the proposal, and the tokens the
-        verification fed (padding and siblings included; None: k + 1)."""
+        verification fed (padding and siblings included; None: k + 1). When tracing, the
+        round's record also keeps the `tokens` it emitted and `seconds` (proposing, verifying)."""
+        if self.trace is not None:
+            self.trace.append({
+                "source": source or "none", "k": k, "accepted": n, "emitted": emitted,
+                "tokens": list(tokens or ()), "draft_forwards": list(forwards),
+                "verified": k + 1 if verified is None else verified,
+                "propose_s": seconds[0] if seconds else None, "verify_s": seconds[1] if seconds else None,
+            })
         self.rounds += 1
         self.draft_forwards.update(forwards)
         self.verify_sizes[k + 1 if verified is None else verified] += 1
