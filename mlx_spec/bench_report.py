@@ -231,10 +231,12 @@ COMPARE_COLUMNS = ["temp", "category", "arm"]
 
 def compare_rows(results: list[dict], labels: list[str]) -> tuple[list[str], list[list[str]]]:
     """One row per (temperature, category, arm); per result: tok/s, speed-up, τ, tok/s per
-    GB/s of bandwidth (so chips of different bandwidth compare fairly)."""
+    GB/s of bandwidth (so chips of different bandwidth compare fairly), and seconds to the
+    first token (the prefill: compute-bound, where decoding is bandwidth-bound)."""
     header = list(COMPARE_COLUMNS)
     for label in labels:
-        header += [f"{label} tok/s", f"{label} speed-up", f"{label} τ", f"{label} tok/s per 100 GB/s"]
+        header += [f"{label} tok/s", f"{label} speed-up", f"{label} τ", f"{label} tok/s per 100 GB/s",
+                   f"{label} 1st token s"]
     keys = []
     for result in results:
         for t, cats in result["summary"].items():
@@ -249,10 +251,11 @@ def compare_rows(results: list[dict], labels: list[str]) -> tuple[list[str], lis
             v = result["summary"].get(t, {}).get(c, {}).get(a)
             bw = result["machine"].get("bandwidth_gbs")
             if v is None:
-                row += ["—"] * 4
+                row += ["—"] * 5
                 continue
             per_bw = v["tps"] / bw * 100 if bw and v["tps"] else None
-            row += [_fmt(v["tps"]), _fmt(v["speedup"], ".2f", "×"), _fmt(v["tau"]), _fmt(per_bw)]
+            row += [_fmt(v["tps"]), _fmt(v["speedup"], ".2f", "×"), _fmt(v["tau"]), _fmt(per_bw),
+                    _fmt(v.get("first_token"), ".2f")]
         rows.append(row)
     return header, rows
 

@@ -157,7 +157,7 @@ def test_result_files_round_trip_and_compare(result, tmp_path):
     a = write_result(result, tmp_path / "a.json")
     loaded = read_result(a)
     table = compare_markdown([loaded, loaded], ["M3 Pro", "M4"])
-    assert "M3 Pro tok/s" in table and "M4 speed-up" in table
+    assert "M3 Pro tok/s" in table and "M4 speed-up" in table and "M4 1st token s" in table
     assert "| 0.0 | code | mlx-spec k=3 |" in table
     assert "Machine:" in summary_markdown(loaded)
     png = plot_result(loaded, tmp_path / "plot.png")
