@@ -341,6 +341,8 @@ def generate(
             sys.stdout.flush()
     stats = loaded.last_stats
     text = "".join(parts)
+    if not json_out:
+        typer.echo("")
     if trace is not None:
         _write_trace(loaded, stats, trace, err)
     if json_out:
@@ -348,7 +350,6 @@ def generate(
                           "stats": stats.to_dict(), "target": loaded.target_name,
                           "draft": loaded.draft_name}))
         return
-    typer.echo("")
     if show_stats:
         err.print(stats_table({"generate": stats}))
     else:

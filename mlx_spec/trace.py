@@ -15,11 +15,17 @@ from mlx_spec.policy import Costs
 
 def trace_records(stats, tokenizer, costs: Costs | None = None) -> list[dict]:
     """The rounds of `stats.trace`, numbered, each with the text it emitted and, given the
-    calibrated costs, its price in plain decoding steps ("steps"; None without costs)."""
-    records = []
+    calibrated costs, its price in plain decoding steps ("steps"; None without costs). A
+    round's text is what it added to the decoded reply (a token decoded alone can lose its
+    leading space), or its tokens decoded alone where a character spans two rounds."""
+    records, tokens, before = [], [], ""
     for i, record in enumerate(stats.trace or ()):
+        tokens += record["tokens"]
+        after = tokenizer.decode(tokens)
+        text = after[len(before):] if after.startswith(before) else tokenizer.decode(record["tokens"])
+        before = after
         steps = costs.round_steps(record["verified"], record["draft_forwards"]) if costs else None
-        records.append({"round": i, **record, "text": tokenizer.decode(record["tokens"]), "steps": steps})
+        records.append({"round": i, **record, "text": text, "steps": steps})
     return records
 
 

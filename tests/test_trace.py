@@ -59,8 +59,10 @@ def test_records_carry_text_and_price_and_sum_per_source(self_drafting):
     costs = pair.engine.policy.costs
     records = trace_records(pair.last_stats, pair.tokenizer, costs)
     assert [r["round"] for r in records] == list(range(len(records)))
+    # the rounds' texts make up the reply, spaces between rounds included
+    assert "".join(r["text"] for r in records) == pair.tokenizer.decode([t for r in records for t in r["tokens"]])
+    assert any(r["text"].startswith(" ") for r in records)
     for r in records:
-        assert r["text"] == pair.tokenizer.decode(r["tokens"])
         assert r["steps"] == pytest.approx(costs.round_steps(r["verified"], r["draft_forwards"]))
     totals = source_totals(records)
     assert sum(t["rounds"] for t in totals.values()) == len(records)
