@@ -40,11 +40,14 @@ class Arm:
     k: int | None = None  # spec: None adapts; mlx-lm: num_draft_tokens (0: no draft)
     ngram: bool = False
     tree: bool = True  # spec: the draft's runners-up ride in the verification's padding rows
+    quick_start: bool = False  # spec: the first round plain, the draft's prefill after it (chat's way)
 
 
-def default_arms(k_fixed: int = 3, mlx_lm_ks: tuple[int, ...] = (3, 5), chain: bool = False) -> list[Arm]:
+def default_arms(k_fixed: int = 3, mlx_lm_ks: tuple[int, ...] = (3, 5), chain: bool = False,
+                 quick: bool = False) -> list[Arm]:
     """The suite's arms; `chain` adds adaptive mlx-spec verifying the draft's chain alone (no
-    token tree), to measure what the tree is worth."""
+    token tree), to measure what the tree is worth; `quick` adds adaptive mlx-spec with chat's
+    quick start, to weigh its sooner first token against the round it does not speculate."""
     arms = [
         Arm("plain", "plain"),
         Arm("mlx-spec adaptive", "spec", None, ngram=True),
@@ -52,6 +55,8 @@ def default_arms(k_fixed: int = 3, mlx_lm_ks: tuple[int, ...] = (3, 5), chain: b
     ]
     if chain:
         arms.append(Arm("mlx-spec adaptive chain", "spec", None, ngram=True, tree=False))
+    if quick:
+        arms.append(Arm("mlx-spec adaptive quick", "spec", None, ngram=True, quick_start=True))
     arms += [Arm(f"mlx-lm k={k}", "mlx-lm", k) for k in mlx_lm_ks]
     return arms
 
@@ -125,7 +130,8 @@ class Bench:
         pair.reset()  # every run prefills from scratch, like the mlx-lm arms
         tic = time.perf_counter()
         tokens, first_round = [], None
-        for step in pair.stream(ids, max_tokens=max_tokens, temperature=temperature, seed=seed):
+        for step in pair.stream(ids, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                                quick_start=arm.quick_start):
             tokens += step.tokens
             first_round = first_round or (time.perf_counter() - tic, len(step.tokens))
         seconds = time.perf_counter() - tic

@@ -58,6 +58,7 @@ def run(
     mlx_lm_k: str = typer.Option("3,5", help="num_draft_tokens values for the mlx-lm arms."),
     raw: bool = typer.Option(False, "--raw", help="Send prompts without the chat template."),
     chain_arm: bool = typer.Option(False, "--chain-arm", help="Add adaptive mlx-spec verifying the draft's chain alone (no token tree)."),
+    quick_arm: bool = typer.Option(False, "--quick-arm", help="Add adaptive mlx-spec with chat's quick start (first round plain, draft prefill after it)."),
     out: Optional[Path] = typer.Option(None, help="Result JSON (default benchmarks/results/bench-<time>.json)."),
     plot: Optional[Path] = typer.Option(None, help="Also write a PNG of speed-ups per category."),
     md: Optional[Path] = typer.Option(None, help=MD_HELP),
@@ -87,7 +88,7 @@ def run(
     mlx_ks = tuple(int(x) for x in _floats(mlx_lm_k))
     with console.status("loading models…"):
         loaded_target, loaded_draft = load_model(target), load_model(draft)
-    bench = Bench(loaded_target, loaded_draft, default_arms(k, mlx_ks, chain=chain_arm), max_tokens=max_tokens, chat=not raw)
+    bench = Bench(loaded_target, loaded_draft, default_arms(k, mlx_ks, chain=chain_arm, quick=quick_arm), max_tokens=max_tokens, chat=not raw)
     with console.status("warming up and measuring…") as status:
         # a spinner on a terminal; one line per run in a log
         report = status.update if console.is_terminal else console.print

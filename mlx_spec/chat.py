@@ -61,6 +61,7 @@ class ChatSession:
     system: str | None = None
     messages: list[dict] = field(default_factory=list)  # user/assistant turns, no system
     replies: list[Stats] = field(default_factory=list)
+    quick_start: bool = True  # each reply's first token from a plain round (Pair.stream)
 
     def __post_init__(self):
         self.templated = bool(getattr(self.pair.tokenizer, "has_chat_template", False))
@@ -108,7 +109,8 @@ class ChatSession:
         if on_start is not None:
             on_start(ids)
         parts, stats, finish, interrupted = [], None, None, False
-        stream = self.pair.stream(ids, max_tokens=max_tokens, **self.sampling.as_kwargs())
+        stream = self.pair.stream(ids, max_tokens=max_tokens, quick_start=self.quick_start,
+                                  **self.sampling.as_kwargs())
         try:
             for step in stream:
                 parts.append(step.text)

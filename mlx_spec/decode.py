@@ -97,9 +97,10 @@ class Engine:
             proposer.reset()
         self.policy.reset()
 
-    def prefill(self, prompt: list[int]) -> int:
-        """Bring the caches to `prompt`, reusing the longest prefix they already hold.
-        Returns how many prompt tokens had to be processed anew."""
+    def prefill(self, prompt: list[int], proposers: bool = True) -> int:
+        """Bring the caches to `prompt`, reusing the longest prefix they already hold (the
+        proposers' too unless `proposers` is False: then `prefill_proposers` does it later).
+        Returns how many prompt tokens the target had to process anew."""
         if not prompt:
             raise SpecError("the prompt is empty", "give at least one token of prompt")
         keep = min(
@@ -113,9 +114,14 @@ class Engine:
         rollback(self.cache, keep)
         forward_chunked(self.target, self.cache, prompt[keep:-1])
         self.context = list(prompt)
+        if proposers:
+            self.prefill_proposers()
+        return len(prompt) - keep
+
+    def prefill_proposers(self) -> None:
+        """Bring every proposer to the context (the draft reads what it has not seen)."""
         for proposer in self.proposers:
             proposer.prefill(self.context)
-        return len(prompt) - keep
 
     def _propose(self, sampling, rng, k_limit: int) -> tuple[Proposal | None, list[Proposal]]:
         """The round's proposal, and the free proposals that lost to it.
@@ -243,9 +249,13 @@ class Engine:
         max_tokens: int = 256,
         stop_strings: Sequence[str] = (),
         stats: Stats | None = None,
+        quick_start: bool = False,
     ) -> Iterator[Step]:
         """Generate after `prompt`, one Step per round. Closing the generator cancels; the
-        caches then hold exactly the tokens emitted so far."""
+        caches then hold exactly the tokens emitted so far. `quick_start`: the first round is
+        plain decoding and the proposers read the prompt only after it has been yielded, so
+        the first token comes as soon as plain decoding's would (for a chat's reply); the
+        speculation it forgoes costs about one round's gain."""
         if max_tokens < 1:
             raise SpecError(f"max_tokens must be at least 1, got {max_tokens}", "e.g. --max-tokens 256")
         stats = stats or Stats()
@@ -253,16 +263,24 @@ class Engine:
         eos = set(self.tokenizer.eos_token_ids)
         stop_text = StopText(stop_strings)
 
-        tic = time.perf_counter()
-        stats.prompt_tokens = self.prefill(prompt)
+        tic = called = time.perf_counter()
+        waiting = quick_start and bool(self.proposers)  # proposers not yet brought to the context
+        stats.prompt_tokens = self.prefill(prompt, proposers=not waiting)
         text_stream = TextStream(self.tokenizer, prompt[-1:])
         stats.prompt_time = time.perf_counter() - tic
         mx.reset_peak_memory()
         generated, finish = 0, None
         start = time.perf_counter()
         while finish is None:
+            if waiting and generated:  # the quick start's plain round has been yielded
+                tic = time.perf_counter()
+                self.prefill_proposers()
+                spent = time.perf_counter() - tic
+                stats.prompt_time += spent
+                start += spent  # prompt time, not generation time
+                waiting = False
             t0 = time.perf_counter()
-            proposal, shadows = self._propose(sampling, rng, max_tokens - generated - 1)
+            proposal, shadows = (None, []) if waiting else self._propose(sampling, rng, max_tokens - generated - 1)
             t1 = time.perf_counter()
             graph, tree, size = self._verify(proposal, sampling, rng)
             values = host_sync(graph)
@@ -323,6 +341,8 @@ class Engine:
             stats.other_time += t3 - t2
             stats.generation_time = t3 - start
             stats.peak_memory_gb = mx.get_peak_memory() / 1e9
+            if stats.rounds == 1:
+                stats.first_token_time = t3 - called
             yield Step(
                 tokens=committed,
                 drafted=[j < n_accepted or (j == n and node is not None) for j in range(len(committed))],

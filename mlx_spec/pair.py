@@ -144,10 +144,13 @@ class Pair:
         chat: bool = True,
         system: str | None = None,
         trace: bool = False,
+        quick_start: bool = False,
     ) -> Iterator[Step]:
         """Yield one Step per round (text, token ids, which were drafted, running stats).
         Close the generator to cancel; the caches keep exactly the tokens emitted. `trace`
-        keeps a record of every round in `stats.trace` (see `mlx_spec.trace`)."""
+        keeps a record of every round in `stats.trace` (see `mlx_spec.trace`). `quick_start`
+        yields the first token from a plain round before the draft reads the prompt: it comes
+        as soon as plain decoding's would (chat does this), for about one round's gain."""
         sampling = SamplingParams(
             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
             repetition_penalty=repetition_penalty,
@@ -161,7 +164,8 @@ class Pair:
             )
         stats = Stats(target_bytes=self.target_bytes, draft_bytes=self.draft_bytes, trace=[] if trace else None)
         self.last_stats = stats
-        yield from self.engine.decode(ids, sampling=sampling, max_tokens=max_tokens, stop_strings=stop, stats=stats)
+        yield from self.engine.decode(ids, sampling=sampling, max_tokens=max_tokens, stop_strings=stop, stats=stats,
+                                      quick_start=quick_start)
 
     def generate(self, prompt: Prompt, **kwargs) -> Result:
         """The whole completion at once."""

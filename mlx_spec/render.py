@@ -40,7 +40,8 @@ def k_label(pair) -> str | None:
 
 def summary_line(stats: Stats, k_label: str | None = None) -> str:
     """tokens/s, tau, acceptance rate and k after one reply, e.g.
-    '52 tokens at 180.3 tok/s · τ 3.71 · accepted 90% · k 3.2 (adaptive) · prompt 12 tok'."""
+    '52 tokens at 180.3 tok/s · τ 3.71 · accepted 90% · k 3.2 (adaptive) · prompt 12 tok ·
+    first token 0.21 s'."""
     parts = [f"{stats.generated_tokens} tokens at {stats.generation_tps:.1f} tok/s"]
     if stats.drafted:
         parts.append(f"τ {stats.tau:.2f}")
@@ -49,6 +50,7 @@ def summary_line(stats: Stats, k_label: str | None = None) -> str:
     else:
         parts.append("no drafting")
     parts.append(f"prompt {stats.prompt_tokens} tok")
+    parts.append(f"first token {stats.first_token_time:.2f} s")
     return " · ".join(parts)
 
 
@@ -81,6 +83,7 @@ def stats_rows(stats: Stats) -> list[tuple[str, str]]:
     split = stats.time_split()
     rows = [
         ("prompt", f"{stats.prompt_tokens} tokens prefilled, {stats.prompt_tps:.1f} tok/s"),
+        ("first token", f"{stats.first_token_time:.2f} s after the call"),
         ("generation", f"{stats.generated_tokens} tokens, {stats.generation_tps:.1f} tok/s "
                        f"in {stats.generation_time:.2f} s"),
         ("rounds", f"{stats.rounds} (target forwards {stats.target_forwards}, "
@@ -131,6 +134,7 @@ def combine(stats_list: list[Stats]) -> Stats:
         for name in ("rounds_by_source", "drafted_by_source", "accepted_by_source", "tokens_by_source"):
             getattr(total, name).update(getattr(s, name))
         total.peak_memory_gb = max(total.peak_memory_gb, s.peak_memory_gb)
+        total.first_token_time += s.first_token_time / len(stats_list)  # the mean reply's
         total.target_bytes, total.draft_bytes = s.target_bytes, s.draft_bytes
     return total
 

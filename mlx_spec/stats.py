@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 class Stats:
     prompt_tokens: int = 0  # tokens prefilled by the target this call (new suffix only)
     prompt_time: float = 0.0
+    first_token_time: float = 0.0  # from the call to the first round's tokens (prefill included)
     generated_tokens: int = 0
     generation_time: float = 0.0
     rounds: int = 0
@@ -140,6 +141,7 @@ class Stats:
         return {
             "prompt_tokens": self.prompt_tokens,
             "prompt_tps": self.prompt_tps,
+            "first_token_time": self.first_token_time,
             "generated_tokens": self.generated_tokens,
             "generation_tps": self.generation_tps,
             "rounds": self.rounds,

@@ -343,6 +343,20 @@ def test_a_chain_arm_measures_the_suite_without_the_token_tree(stories_path):
     assert bench.run(arms[3], bench.encode("Once upon a time", chat=False), 0.0, 0).stats["sibling_hits"] == 0
 
 
+def test_a_quick_arm_opens_plain_and_emits_the_same_tokens(stories_path):
+    from mlx_spec.loading import load_model
+
+    loaded = load_model(str(stories_path))
+    arms = default_arms(k_fixed=3, mlx_lm_ks=(), quick=True)
+    assert arms[-1].name == "mlx-spec adaptive quick" and arms[-1].quick_start
+    bench = Bench(loaded, loaded, arms, max_tokens=24, chat=False)
+    ids = bench.encode("Once upon a time", chat=False)
+    slow, quick = bench.run(arms[1], ids, 0.0, 0), bench.run(arms[-1], ids, 0.0, 0)
+    assert quick.tokens == slow.tokens
+    assert quick.first_round[1] == 1  # the plain first round emits one token
+    assert quick.stats["first_token_time"] > 0
+
+
 def test_the_software_stamp_is_taken_before_the_first_run(monkeypatch):
     """A suite runs for an hour; the checkout may move on meanwhile, the loaded code does not."""
     bench = RecordingBench(default_arms(k_fixed=3, mlx_lm_ks=()))

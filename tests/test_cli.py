@@ -98,6 +98,21 @@ def test_generate_draft_free_matches_plain_decoding(stories_path):
     assert json.loads(plain.stdout)["draft"] is None
 
 
+def test_generate_quick_start_opens_with_a_plain_round_and_changes_no_token(stories_path, tmp_path):
+    plain = run("generate", PROMPT, "--json", *stories_args(stories_path, "--max-tokens", 40))
+    runs = {}
+    for flags in ((), ("--quick-start",)):
+        trace = tmp_path / f"rounds{len(flags)}.jsonl"
+        result = run("generate", PROMPT, "--json", "--trace", trace, *flags, *stories_args(
+            stories_path, "--draft", stories_path, "--k", 3, "--max-tokens", 40))
+        assert result.exit_code == 0, result.output
+        first = json.loads(trace.read_text().splitlines()[0])
+        runs[flags] = (json.loads(result.stdout)["tokens"], first["source"], first["k"])
+    assert runs[()][0] == runs[("--quick-start",)][0] == json.loads(plain.stdout)["tokens"]
+    assert runs[()][1:] == ("draft", 3)
+    assert runs[("--quick-start",)][1:] == ("none", 0)
+
+
 def test_generate_uses_the_chat_template_unless_raw(cli_chat_model):
     args = ("generate", PROMPT, "--json", "--target", cli_chat_model, "--max-tokens", 5)
     chat = json.loads(run(*args).stdout)
