@@ -40,7 +40,7 @@ class Arm:
     k: int | None = None  # spec: None adapts; mlx-lm: num_draft_tokens (0: no draft)
     ngram: bool = False
     tree: bool = True  # spec: the draft's runners-up ride in the verification's padding rows
-    quick_start: bool = False  # spec: the first round plain, the draft's prefill after it (chat's way)
+    quick_start: bool = False  # spec: the first round without the draft, its prefill after it (chat's way)
 
 
 def default_arms(k_fixed: int = 3, mlx_lm_ks: tuple[int, ...] = (3, 5), chain: bool = False,

@@ -58,7 +58,7 @@ def run(
     mlx_lm_k: str = typer.Option("3,5", help="num_draft_tokens values for the mlx-lm arms."),
     raw: bool = typer.Option(False, "--raw", help="Send prompts without the chat template."),
     chain_arm: bool = typer.Option(False, "--chain-arm", help="Add adaptive mlx-spec verifying the draft's chain alone (no token tree)."),
-    quick_arm: bool = typer.Option(False, "--quick-arm", help="Add adaptive mlx-spec with chat's quick start (first round plain, draft prefill after it)."),
+    quick_arm: bool = typer.Option(False, "--quick-arm", help="Add adaptive mlx-spec with chat's quick start (first round without the draft, its prefill after it)."),
     out: Optional[Path] = typer.Option(None, help="Result JSON (default benchmarks/results/bench-<time>.json)."),
     plot: Optional[Path] = typer.Option(None, help="Also write a PNG of speed-ups per category."),
     md: Optional[Path] = typer.Option(None, help=MD_HELP),

@@ -61,7 +61,7 @@ class ChatSession:
     system: str | None = None
     messages: list[dict] = field(default_factory=list)  # user/assistant turns, no system
     replies: list[Stats] = field(default_factory=list)
-    quick_start: bool = True  # each reply's first token from a plain round (Pair.stream)
+    quick_start: bool = True  # each reply's first round without the draft (Pair.stream)
 
     def __post_init__(self):
         self.templated = bool(getattr(self.pair.tokenizer, "has_chat_template", False))

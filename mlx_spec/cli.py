@@ -295,8 +295,8 @@ def generate(
         help="Write every round (source, k, accepted, text, price in plain steps) to this file, "
         "one JSON line each; print what each source earned per step.")] = None,
     quick_start: Annotated[bool, typer.Option(
-        "--quick-start", help="First token from a plain round, before the draft reads the "
-        "prompt (as chat does): sooner, for about one round's gain.", rich_help_panel=S)] = False,
+        "--quick-start", help="First round without the draft model (plain or an n-gram "
+        "guess), before the draft reads the prompt (as chat does): sooner, for about one round's gain.", rich_help_panel=S)] = False,
 ):
     """Generate one completion to stdout; statistics go to stderr.
 

@@ -98,9 +98,10 @@ class Engine:
         self.policy.reset()
 
     def prefill(self, prompt: list[int], proposers: bool = True) -> int:
-        """Bring the caches to `prompt`, reusing the longest prefix they already hold (the
-        proposers' too unless `proposers` is False: then `prefill_proposers` does it later).
-        Returns how many prompt tokens the target had to process anew."""
+        """Bring the caches to `prompt`, reusing the longest prefix they already hold, and the
+        proposers to it (only the free ones if `proposers` is False: `prefill_proposers`
+        brings the paid ones later). Returns how many prompt tokens the target had to
+        process anew."""
         if not prompt:
             raise SpecError("the prompt is empty", "give at least one token of prompt")
         keep = min(
@@ -114,17 +115,20 @@ class Engine:
         rollback(self.cache, keep)
         forward_chunked(self.target, self.cache, prompt[keep:-1])
         self.context = list(prompt)
-        if proposers:
-            self.prefill_proposers()
+        self.prefill_proposers(paid=proposers)
         return len(prompt) - keep
 
-    def prefill_proposers(self) -> None:
-        """Bring every proposer to the context (the draft reads what it has not seen)."""
+    def prefill_proposers(self, paid: bool = True) -> None:
+        """Bring the proposers to the context (the draft reads what it has not seen); the
+        paid ones (a draft model) only if `paid`."""
         for proposer in self.proposers:
-            proposer.prefill(self.context)
+            if paid or proposer.free:
+                proposer.prefill(self.context)
 
-    def _propose(self, sampling, rng, k_limit: int) -> tuple[Proposal | None, list[Proposal]]:
-        """The round's proposal, and the free proposals that lost to it.
+    def _propose(self, sampling, rng, k_limit: int, paid: bool = True
+                 ) -> tuple[Proposal | None, list[Proposal]]:
+        """The round's proposal, and the free proposals that lost to it (from the free
+        sources alone unless `paid`).
 
         Free sources (n-gram lookup) are asked first, for up to k_max tokens. The offers are
         each source alone and a draft model checking each free guess in one forward
@@ -143,10 +147,10 @@ class Engine:
                 if guess is not None:
                     guesses.append(guess)
                     offers.append(self._offer(guess.key, k_limit, lambda k, g=guess: g.truncated(k), guess))
-            else:
+            elif paid:
                 offers.append(self._draft_offer(proposer, k_limit, sampling, rng))
         for proposer in self.proposers:  # a draft model checking a free guess in one forward
-            along = getattr(proposer, "propose_along", None)
+            along = getattr(proposer, "propose_along", None) if paid else None
             for guess in guesses if along else ():
                 key = f"{proposer.name}+{guess.key}"
                 offers.append(self._offer(key, k_limit, lambda k, a=along, g=guess, key=key:
@@ -252,10 +256,11 @@ class Engine:
         quick_start: bool = False,
     ) -> Iterator[Step]:
         """Generate after `prompt`, one Step per round. Closing the generator cancels; the
-        caches then hold exactly the tokens emitted so far. `quick_start`: the first round is
-        plain decoding and the proposers read the prompt only after it has been yielded, so
-        the first token comes as soon as plain decoding's would (for a chat's reply); the
-        speculation it forgoes costs about one round's gain."""
+        caches then hold exactly the tokens emitted so far. `quick_start`: the first round
+        goes without the paid proposers (a draft model), which read the prompt only after it
+        has been yielded, so the first token comes as soon as plain decoding's would (for a
+        chat's reply; a free n-gram guess may still carry that round); the speculation it
+        forgoes costs about one round's gain."""
         if max_tokens < 1:
             raise SpecError(f"max_tokens must be at least 1, got {max_tokens}", "e.g. --max-tokens 256")
         stats = stats or Stats()
@@ -264,7 +269,8 @@ class Engine:
         stop_text = StopText(stop_strings)
 
         tic = called = time.perf_counter()
-        waiting = quick_start and bool(self.proposers)  # proposers not yet brought to the context
+        # paid proposers not yet brought to the context (free ones cost nothing to bring)
+        waiting = quick_start and any(not proposer.free for proposer in self.proposers)
         stats.prompt_tokens = self.prefill(prompt, proposers=not waiting)
         text_stream = TextStream(self.tokenizer, prompt[-1:])
         stats.prompt_time = time.perf_counter() - tic
@@ -272,7 +278,7 @@ class Engine:
         generated, finish = 0, None
         start = time.perf_counter()
         while finish is None:
-            if waiting and generated:  # the quick start's plain round has been yielded
+            if waiting and generated:  # the quick start's first round has been yielded
                 tic = time.perf_counter()
                 self.prefill_proposers()
                 spent = time.perf_counter() - tic
@@ -280,7 +286,7 @@ class Engine:
                 start += spent  # prompt time, not generation time
                 waiting = False
             t0 = time.perf_counter()
-            proposal, shadows = (None, []) if waiting else self._propose(sampling, rng, max_tokens - generated - 1)
+            proposal, shadows = self._propose(sampling, rng, max_tokens - generated - 1, paid=not waiting)
             t1 = time.perf_counter()
             graph, tree, size = self._verify(proposal, sampling, rng)
             values = host_sync(graph)

@@ -149,8 +149,9 @@ class Pair:
         """Yield one Step per round (text, token ids, which were drafted, running stats).
         Close the generator to cancel; the caches keep exactly the tokens emitted. `trace`
         keeps a record of every round in `stats.trace` (see `mlx_spec.trace`). `quick_start`
-        yields the first token from a plain round before the draft reads the prompt: it comes
-        as soon as plain decoding's would (chat does this), for about one round's gain."""
+        yields the first round before the draft model reads the prompt (plain, or an n-gram
+        guess): its tokens come as soon as plain decoding's would (chat does this), for about
+        one round's gain."""
         sampling = SamplingParams(
             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
             repetition_penalty=repetition_penalty,

@@ -41,6 +41,38 @@ def test_without_quick_start_the_draft_prefills_first(stories):
     assert first.stats.drafted > 0
 
 
+REPEATING = "Once upon a time there was a little girl. Once upon a time there was a little"
+
+
+def test_a_free_guess_may_carry_the_quick_round(stories):
+    """Only the paid draft waits: the n-gram guess, which costs nothing, still proposes in
+    the first round, and the draft has not run when that round is yielded."""
+    model, tok = stories
+    draft = CountingModel(quantized_copy(model))
+    pair = Pair(model, tok, draft=draft, ngram=True, k=4)
+    timed = draft.calls
+    steps = pair.stream(REPEATING, max_tokens=30, chat=False, quick_start=True)
+    first = next(steps)
+    assert draft.calls == timed
+    assert first.stats.drafted > 0 and first.stats.rounds_by_source["ngram"] == 1
+    rest = [step.tokens for step in steps]
+    plain = Pair(model, tok).generate(REPEATING, max_tokens=30, chat=False).tokens
+    assert first.tokens + sum(rest, []) == plain
+
+
+def test_with_free_proposers_alone_quick_start_changes_nothing(stories):
+    model, tok = stories
+
+    def rounds(quick: bool):
+        pair = Pair(model, tok, ngram=True, k=4)
+        return [(step.tokens, step.drafted) for step in
+                pair.stream(REPEATING, max_tokens=30, chat=False, quick_start=quick)]
+
+    slow = rounds(False)
+    assert rounds(True) == slow
+    assert any(slow[0][1])  # the first round is a guess, with or without the quick start
+
+
 @pytest.mark.parametrize("draft", ["quantized", "ngram", "none"])
 @pytest.mark.parametrize("k", [3, None])
 def test_quick_start_is_lossless(stories, draft, k):
