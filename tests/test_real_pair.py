@@ -19,6 +19,8 @@ EXPECTED = {
               "fibonacci(n",
     "draft": "    if n <= 0:\n        return 0\n    elif n == 1:\n        return 1\n",
 }
+# One worker runs all of them (pytest -n ... --dist loadgroup): the pair's weights load once.
+pytestmark = pytest.mark.xdist_group("real_pair")
 # Read at import: fixtures may point MLX_SPEC_HOME at a temp dir, but the pulled pair lives here.
 PULLED_HOME = models_home()
 
