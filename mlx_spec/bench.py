@@ -199,11 +199,13 @@ def _median(values):
 
 
 def run_suite(bench: Bench, prompts: dict, temperatures=(0.0, 0.7), repeats: int = 1,
-              on_progress: Callable[[str], None] | None = None) -> dict:
-    """Run every arm on every prompt, interleaved; return the result document."""
+              on_progress: Callable[[str], None] | None = None, stamp: dict | None = None) -> dict:
+    """Run every arm on every prompt, interleaved; return the result document. `stamp`: the
+    version and commit of the code that runs (`platform.software()`), taken when it was
+    imported; by default, now."""
     # the code that runs is what was loaded at the start: stamp it before a long suite, during
     # which the checkout may move on
-    stamp = software()
+    stamp = stamp or software()
     records, mismatches = [], []
     total = sum(len(v) for v in prompts.values()) * len(temperatures) * repeats * len(bench.arms)
     done = 0

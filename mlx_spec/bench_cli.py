@@ -72,8 +72,10 @@ def run(
 
     from mlx_spec.bench import CATEGORIES, PROMPTS_DIR, Bench, default_arms, load_prompts, run_suite, write_result
     from mlx_spec.loading import load_model
+    from mlx_spec.platform import software
     from mlx_spec.registry import load_registry
 
+    stamp = software()  # the checkout as the code was imported, before minutes of loading
     console = Console(stderr=True)
     cats = [c.strip() for c in categories.split(",") if c.strip()]
     unknown = [c for c in cats if c not in CATEGORIES]
@@ -92,7 +94,7 @@ def run(
     with console.status("warming up and measuring…") as status:
         # a spinner on a terminal; one line per run in a log
         report = status.update if console.is_terminal else console.print
-        result = run_suite(bench, prompts, _floats(temps), repeats, on_progress=report)
+        result = run_suite(bench, prompts, _floats(temps), repeats, on_progress=report, stamp=stamp)
     out = out or PROMPTS_DIR.parent / "results" / f"bench-{datetime.now():%Y%m%d-%H%M%S}.json"
     write_result(result, out)
     _report(result, md, plot)

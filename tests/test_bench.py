@@ -287,6 +287,19 @@ def test_the_arm_order_turns_round_from_one_prompt_to_the_next():
     assert all(r["speedup"] == 1.0 and r["identical"] for r in result["runs"])
 
 
+def test_the_result_keeps_the_stamp_taken_when_the_code_was_loaded(monkeypatch):
+    """A checkout edited while the models load must not mark the run's code as dirty: the
+    stamp given (taken at import) is the one recorded, not one taken when the suite starts."""
+    import mlx_spec.bench as bench_module
+
+    monkeypatch.setattr(bench_module, "software", lambda: {"version": "0.1.0", "commit": "abc1234+dirty"})
+    bench = RecordingBench(default_arms(k_fixed=3, mlx_lm_ks=()))
+    prompts = {"code": [{"id": "a", "prompt": "x"}]}
+    loaded = {"version": "0.1.0", "commit": "abc1234"}
+    assert run_suite(bench, prompts, temperatures=(0.0,), stamp=loaded)["settings"]["mlx_spec"] == loaded
+    assert run_suite(bench, prompts, temperatures=(0.0,))["settings"]["mlx_spec"]["commit"] == "abc1234+dirty"
+
+
 def part(result: dict, temperature: float) -> dict:
     """The result as if only `temperature` had been run."""
     runs = [r for r in result["runs"] if r["temperature"] == temperature]
