@@ -338,6 +338,7 @@ class Engine:
                 self.policy.update(proposal.key, k, n, sibling=(node is not None) if tried else None)
             for shadow in shadows:
                 self.policy.update(shadow.key, *shadow_outcome(shadow.host, committed))
+            self.policy.settle(len(committed), size, proposal.forwards if proposal else ())
             stats.record_round(proposal.source if proposal else None, k, n_accepted, len(committed),
                                proposal.forwards if proposal else (), size, committed, (t1 - t0, t2 - t1))
             stats.sibling_hits += from_tree

@@ -166,6 +166,9 @@ class FixedK:
         if self.estimates:
             self.estimates.update(source, k, n, sibling)
 
+    def settle(self, tokens: int, verified: int, forwards=()) -> None:
+        """Nothing to pay for: a fixed k never probes."""
+
 
 def padded_tokens(costs: Costs | None, k: int) -> int:
     """How many tokens to feed the target to verify k drafts (padding where cheaper)."""
@@ -192,7 +195,8 @@ class AdaptiveK:
     def __init__(self, costs: Costs, k_max: int = 8, prior: float = 0.9, decay: float = 0.85,
                  probe_every: int = 16, free_sources: tuple[str, ...] = ("ngram",),
                  free_prior: float = 0.5, probe_soon: int = 4, margin: float = 0.05,
-                 chain_factor: int = 3, chain_floor: int = 4, sibling_prior: float = 0.5):
+                 chain_factor: int = 3, chain_floor: int = 4, sibling_prior: float = 0.5,
+                 explore: float | None = 0.03, explore_grace: float = 1.0):
         # a source key is "name", "name:detail" (the n-gram's matched length), or
         # "draft+ngram:n" (the draft checking an n-gram's guess)
         self.costs, self.k_max, self.decay, self.probe_every = costs, k_max, decay, probe_every
@@ -214,6 +218,12 @@ class AdaptiveK:
         self.siblings = False
         self.sibling_prior = sibling_prior
         self.sibling_counts: dict[str, list[float]] = {}  # source -> [hits, misses], decayed
+        # The ledger probes are paid from (`settle`): plain decoding steps the rounds saved (a
+        # round's tokens less its price) and the tokens they emitted. A probe must leave the
+        # savings above -(explore x tokens + explore_grace) even if it fails (explore None:
+        # probe on the schedule alone).
+        self.explore, self.explore_grace = explore, explore_grace
+        self.saved, self.emitted = 0.0, 0
 
     def reset(self) -> None:
         """Back to the prior: a new conversation may be a different kind of text."""
@@ -222,6 +232,7 @@ class AdaptiveK:
         self.idle.clear()
         self.wait.clear()
         self.probing.clear()
+        self.saved, self.emitted = 0.0, 0
 
     def alphas(self, source: str) -> list[float]:
         counts = self.counts.get(source) or [[0.0, 0.0]] * self.k_max
@@ -311,12 +322,36 @@ class AdaptiveK:
         k_best = max(range(1, len(rates)), key=rates.__getitem__, default=0)
         if k_best and rates[k_best] < (1 + self.margin) * rates[0]:
             k_best = 0
-        if k_best == 0:
+        if k_best == 0 and not self._free(source):  # a free source is scored every round anyway
             self.idle[source] = self.idle.get(source, 0) + 1
-            if self.idle[source] >= self.wait.get(source, self.probe_soon):
+            if self.idle[source] >= self.wait.get(source, self.probe_soon) and self._affords_probe(source):
                 k_best, self.idle[source] = 1, 0
                 self.probing.add(source)
         return k_best, rates[k_best]
+
+    def probe_price(self, source: str) -> float:
+        """What a failed probe of `source` costs beyond the plain step it replaces, in plain
+        steps: verifying 2 tokens instead of 1, and the draft's forward over the tokens it
+        skipped while benched (about one per idle round)."""
+        verify = self.costs.forward(padded_tokens(self.costs, 1), 1) - self.costs.verify[0]
+        catch_up = 0.0 if self._free(source) else self.costs.draft_forward(self.idle.get(source, 0) + 1)
+        return (verify + catch_up) / self.costs.verify[0]
+
+    def _affords_probe(self, source: str) -> bool:
+        """Whether the ledger can pay for a probe that fails: exploring a benched draft then
+        costs at most `explore` of plain decoding's time and `explore_grace` steps (a text the
+        draft cannot help with stays that close to plain decoding), and what drafting saved
+        pays for more."""
+        if self.explore is None:
+            return True
+        return self.saved - self.probe_price(source) >= -(self.explore * self.emitted + self.explore_grace)
+
+    def settle(self, tokens: int, verified: int, forwards=()) -> None:
+        """A round emitted `tokens` for a target forward over `verified` tokens and draft
+        forwards over `forwards` tokens: enter what it saved over plain decoding (negative
+        where it cost more) in the ledger that pays for probes."""
+        self.saved += tokens - self.costs.round_steps(verified, forwards)
+        self.emitted += tokens
 
     def choose(self, source: str) -> int:
         return self.plan(source)[0]

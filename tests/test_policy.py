@@ -38,7 +38,7 @@ def test_high_acceptance_drafts_more_than_low_acceptance():
 
 
 def test_useless_draft_falls_back_to_plain_decoding_with_probes():
-    policy = AdaptiveK(CHEAP_VERIFY, probe_every=4)
+    policy = AdaptiveK(CHEAP_VERIFY, probe_every=4, explore=None)  # the schedule alone
     feed(policy, "draft", alpha_pattern=0)
     choices = [policy.choose("draft") for _ in range(8)]
     assert choices.count(0) == 6 and choices.count(1) == 2
@@ -219,7 +219,7 @@ def rounds_to_probe(policy, source):
 
 
 def test_a_benched_draft_is_probed_soon_and_less_often_while_it_keeps_failing():
-    policy = AdaptiveK(CHEAP_VERIFY)
+    policy = AdaptiveK(CHEAP_VERIFY, explore=None)
     policy.update("draft", 6, 0)
     policy.update("draft", 1, 0)  # two unlucky rounds: k = 0 wins now
     gaps = [rounds_to_probe(policy, "draft")]
@@ -233,7 +233,7 @@ def test_a_benched_draft_is_probed_soon_and_less_often_while_it_keeps_failing():
 
 
 def test_a_probe_that_lands_brings_a_good_draft_back():
-    policy = AdaptiveK(CHEAP_VERIFY)
+    policy = AdaptiveK(CHEAP_VERIFY, explore=None)
     policy.update("draft", 6, 0)
     policy.update("draft", 1, 0)
     ks = []
