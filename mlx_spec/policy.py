@@ -372,10 +372,19 @@ class AdaptiveK:
         (a fixed chain length drafts past the hard tokens, or stops short of easy runs). The
         cap is for a draft that is confidently wrong: where its recent chains failed, the
         planned k is short, and a chain the draft is sure of (a preamble worded its own way)
-        no longer runs to k_max for nothing. A probe stays one token."""
+        no longer runs to k_max for nothing. A probe stays one token, and a generation that
+        the ledger shows behind plain decoding by more than the exploring budget (`in_red`)
+        drafts its planned k and no further, so one round can lose no more than its plan."""
         if k <= 0 or source in self.probing:
             return k, 0.0
+        if self.in_red():
+            return k, self.stop_below
         return min(self.k_max, max(self.chain_floor, self.chain_factor * k)), self.stop_below
+
+    def in_red(self) -> bool:
+        """Whether this generation's rounds cost more than plain decoding would have by more
+        than the exploring budget (`explore` of its tokens and `explore_grace` steps)."""
+        return self.explore is not None and self.saved < -(self.explore * self.emitted + self.explore_grace)
 
     def verify_tokens(self, k: int, source: str | None = None) -> int:
         """Tokens to feed the target to verify k drafts from `source` (None: the cheapest)."""

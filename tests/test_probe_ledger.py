@@ -104,3 +104,15 @@ def test_with_a_useless_draft_exploring_costs_at_most_the_budget(stories):
     probes = lambda s: sum(1 for r in s.trace[first_plain:] if r["k"] > 0)  # noqa: E731
     assert 0 < probes(stats) < probes(scheduled)
     assert COSTS.modeled_speedup(stats) > COSTS.modeled_speedup(scheduled)
+
+
+def test_a_generation_in_the_red_drafts_its_plan_and_no_further():
+    policy = AdaptiveK(COSTS, k_max=8)
+    assert policy.chain("draft", 2) == (6, policy.stop_below)  # three times the plan
+    policy.settle(1, 9, (1,) * 8)  # a chain of 8, none accepted: 3.3 plain steps lost
+    assert policy.in_red()
+    assert policy.chain("draft", 2) == (2, policy.stop_below)  # a failed round loses no more than its plan
+    for _ in range(2):
+        policy.settle(9, 9, (1,) * 8)  # chains accepted whole pay the loss back
+    assert not policy.in_red() and policy.chain("draft", 2)[0] == 6
+    assert not AdaptiveK(COSTS, explore=None).in_red()
