@@ -68,9 +68,10 @@ def test_spec_runs_carry_their_modeled_speedup_from_counted_forwards(result):
         if r["kind"] != "spec":
             assert "modeled_speedup" not in (stats or {})
             continue
-        # a fixed k drafts one token per forward; the adaptive chain may jump (fewer forwards)
+        # a fixed k drafts one token per forward; the adaptive chain may jump (fewer forwards),
+        # or not draft at all: the model drafting for itself costs as much as it saves
         forwards = sum(stats["draft_forwards"].values())
-        assert forwards == stats["drafted"] if r["k"] else 0 < forwards <= stats["drafted"]
+        assert forwards == stats["drafted"] > 0 if r["k"] else forwards <= stats["drafted"]
         counted = Stats(generated_tokens=stats["generated_tokens"],
                         k_counts=Counter({int(k): n for k, n in stats["k_counts"].items()}),
                         draft_forwards=Counter({int(t): n for t, n in stats["draft_forwards"].items()}),
