@@ -263,9 +263,11 @@ class AdaptiveK:
         self.siblings = True
 
     def sibling_rate(self, source: str) -> float:
-        """How often a rejected position's correction was one of the siblings tried there."""
+        """How often a rejected position's correction was one of the siblings tried there (a
+        draft checking a guess starts from the draft's own rate, as its alphas do)."""
         hits, misses = self.sibling_counts.get(source, (0.0, 0.0))
-        return (hits + 2 * self.sibling_prior) / (hits + misses + 2)
+        prior = self.sibling_rate(source.split("+", 1)[0]) if "+" in source else self.sibling_prior
+        return (hits + 2 * prior) / (hits + misses + 2)
 
     def sibling_depths(self, source: str, k: int, size: int | None = None) -> int:
         """Depths counted as having a sibling when `source` proposes k and the verification
@@ -320,7 +322,8 @@ class AdaptiveK:
         k = 1 now and then)."""
         rates = [self.rate(source, k) for k in range(self.k_max + 1)]
         k_best = max(range(1, len(rates)), key=rates.__getitem__, default=0)
-        if k_best and rates[k_best] < (1 + self.margin) * rates[0]:
+        # against plain decoding's rate: a draft checking a guess pays its forward only if it drafts
+        if k_best and rates[k_best] < (1 + self.margin) / self.costs.verify[0]:
             k_best = 0
         if k_best == 0 and not self._free(source):  # a free source is scored every round anyway
             self.idle[source] = self.idle.get(source, 0) + 1

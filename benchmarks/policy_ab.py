@@ -1,0 +1,67 @@
+"""Two adaptive policies on the same prompts, measured: arms interleaved in one process (their
+order alternating), plain decoding first when asked. A is the variant, B the policy as it is.
+Prints, per prompt and seed, each arm's tokens, speed-up (over plain decoding, or its tok/s
+without it), modeled speed-up (its counted forwards at the calibrated prices: free of the
+host's drift, the figure to compare variants by) and the k of its rounds.
+
+Usage: python3 benchmarks/policy_ab.py TEMP CATEGORY PROMPT_IDS SEEDS [--plain] VARIANT
+VARIANT: --uncapped (no chain cap while the ledger is in the red) or --reference FILE (the
+AdaptiveK of another policy.py, e.g. `git show a033096:mlx_spec/policy.py > /tmp/policy_a.py`).
+Example: python3 benchmarks/policy_ab.py 0.7 open story,poem 7,8 --plain --uncapped
+Needs the pair: mlx-spec models pull qwen2.5-coder-1.5b.
+"""
+import dataclasses
+import importlib.util
+import json
+import sys
+
+from mlx_spec.bench import Arm, Bench, load_prompts
+from mlx_spec.loading import load_model
+from mlx_spec.registry import load_registry
+
+
+def reference_policy(path: str, current):
+    """An AdaptiveK from another policy.py, with the current one's costs and k_max."""
+    spec = importlib.util.spec_from_file_location("policy_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    costs = module.Costs(**dataclasses.asdict(current.costs))
+    return module.AdaptiveK(costs, current.k_max)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 5:
+        sys.exit(__doc__)
+    temp, category, wanted, seeds = float(argv[0]), argv[1], argv[2].split(","), [int(s) for s in argv[3].split(",")]
+    options = argv[4:]
+    spec = load_registry().get("qwen2.5-coder-1.5b")
+    target, draft = load_model(spec.target), load_model(spec.draft)
+    arms = ([Arm("plain", "plain")] if "--plain" in options else []) + [
+        Arm(name, "spec", None, ngram=True) for name in ("A", "B")]
+    bench = Bench(target, draft, arms, max_tokens=128)
+    engine = bench.pairs["A"].engine
+    if "--uncapped" in options:
+        engine.policy.in_red = lambda: False
+    elif "--reference" in options:
+        engine.policy = reference_policy(options[options.index("--reference") + 1], engine.policy)
+        if engine.tree:
+            engine.policy.allow_siblings()
+    else:
+        sys.exit("name the variant: --uncapped or --reference FILE")
+    items = [p for p in load_prompts((category,), None)[category] if p["id"] in wanted]
+    for arm in arms:  # warm-up
+        bench.run(arm, bench.encode(items[0]["prompt"]), 0.0, 0, max_tokens=8)
+    for n, (item, seed) in enumerate((item, seed) for item in items for seed in seeds):
+        ids = bench.encode(item["prompt"])
+        runs = {arm.name: bench.run(arm, ids, temp, seed) for arm in (arms if n % 2 == 0 else arms[::-1])}
+        base = runs["plain"].tps if "plain" in runs else 1.0
+        print(json.dumps({"prompt": item["id"], "seed": seed, **{
+            name: {"tokens": len(run.tokens), "speedup": round(run.tps / base, 3),
+                   "modeled": round(run.stats.get("modeled_speedup") or 1.0, 3),
+                   "k": dict(sorted(run.stats["k_counts"].items(), key=lambda kv: int(kv[0])))}
+            for name, run in runs.items()}}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
