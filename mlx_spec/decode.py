@@ -338,9 +338,10 @@ class Engine:
                 self.policy.update(proposal.key, k, n, sibling=(node is not None) if tried else None)
             for shadow in shadows:
                 self.policy.update(shadow.key, *shadow_outcome(shadow.host, committed))
-            self.policy.settle(len(committed), size, proposal.forwards if proposal else ())
+            forwards = proposal.forwards if proposal else ()
+            self.policy.settle(len(committed), size, forwards)
             stats.record_round(proposal.source if proposal else None, k, n_accepted, len(committed),
-                               proposal.forwards if proposal else (), size, committed, (t1 - t0, t2 - t1))
+                               forwards, size, committed, (t1 - t0, t2 - t1))
             stats.sibling_hits += from_tree
             t3 = time.perf_counter()
             stats.draft_time += t1 - t0

@@ -345,9 +345,13 @@ class AdaptiveK:
         costs at most `explore` of plain decoding's time and `explore_grace` steps (a text the
         draft cannot help with stays that close to plain decoding), and what drafting saved
         pays for more."""
-        if self.explore is None:
-            return True
-        return self.saved - self.probe_price(source) >= -(self.explore * self.emitted + self.explore_grace)
+        return self._within_budget(self.saved - self.probe_price(source))
+
+    def _within_budget(self, saved: float) -> bool:
+        """Whether a generation that saved `saved` plain steps (negative: lost) stays within
+        the exploring budget: `explore` of its tokens and `explore_grace` steps (always, with
+        `explore` None)."""
+        return self.explore is None or saved >= -(self.explore * self.emitted + self.explore_grace)
 
     def settle(self, tokens: int, verified: int, forwards=()) -> None:
         """A round emitted `tokens` for a target forward over `verified` tokens and draft
@@ -387,7 +391,7 @@ class AdaptiveK:
     def in_red(self) -> bool:
         """Whether this generation's rounds cost more than plain decoding would have by more
         than the exploring budget (`explore` of its tokens and `explore_grace` steps)."""
-        return self.explore is not None and self.saved < -(self.explore * self.emitted + self.explore_grace)
+        return not self._within_budget(self.saved)
 
     def verify_tokens(self, k: int, source: str | None = None) -> int:
         """Tokens to feed the target to verify k drafts from `source` (None: the cheapest)."""
