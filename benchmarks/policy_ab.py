@@ -35,6 +35,8 @@ def main(argv: list[str]) -> None:
         sys.exit(__doc__)
     temp, category, wanted, seeds = float(argv[0]), argv[1], argv[2].split(","), [int(s) for s in argv[3].split(",")]
     options = argv[4:]
+    if "--uncapped" not in options and "--reference" not in options[:-1]:
+        sys.exit("name the variant: --uncapped or --reference FILE")
     spec = load_registry().get("qwen2.5-coder-1.5b")
     target, draft = load_model(spec.target), load_model(spec.draft)
     arms = ([Arm("plain", "plain")] if "--plain" in options else []) + [
@@ -43,12 +45,10 @@ def main(argv: list[str]) -> None:
     engine = bench.pairs["A"].engine
     if "--uncapped" in options:
         engine.policy.in_red = lambda: False
-    elif "--reference" in options:
+    else:
         engine.policy = reference_policy(options[options.index("--reference") + 1], engine.policy)
         if engine.tree:
             engine.policy.allow_siblings()
-    else:
-        sys.exit("name the variant: --uncapped or --reference FILE")
     items = [p for p in load_prompts((category,), None)[category] if p["id"] in wanted]
     for arm in arms:  # warm-up
         bench.run(arm, bench.encode(items[0]["prompt"]), 0.0, 0, max_tokens=8)
