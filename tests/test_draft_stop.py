@@ -1,5 +1,5 @@
-"""A draft chain that stops itself: where the product of the draft's top probabilities falls
-below the policy's bar, the chain ends (adaptive k); the output stays the target's."""
+"""A draft chain that stops itself: where the product of the draft's probabilities of the tokens
+it drew falls below the policy's bar, the chain ends (adaptive k); the output stays the target's."""
 
 from __future__ import annotations
 
@@ -50,6 +50,43 @@ def test_the_chain_ends_after_the_token_where_its_confidence_falls_below_the_bar
     assert propose(draft, 6, bar) == tokens[:3]
     assert propose(draft, 6, 0.0) == tokens  # no bar: the whole chain
     assert propose(draft, 6, 1.0) == tokens[:1]  # nothing is certain: one token
+
+
+def test_a_sampled_chain_reads_the_drafts_probability_of_the_token_it_drew(draft):
+    """Not its top probability: a draw the draft finds unlikely is a likely rejection."""
+    sampling = SamplingParams(temperature=1.5)
+    proposer = DraftModelProposer(draft, VOCAB)
+    proposer.prefill(CONTEXT)
+    proposal = proposer.propose(CONTEXT, 8, sampling, np.random.default_rng(3), stop_below=1e-12)
+    tokens = proposal.tokens.tolist()
+    assert len(tokens) == 8 and len(proposal.confidences) == 7  # the last token is not read
+    drawn, top = [], []
+    for i, confidence in enumerate(proposal.confidences):
+        logits = np.array(draft(mx.array(CONTEXT + tokens[:i])[None])[0, -1], dtype=np.float64) / 1.5
+        q = np.exp(logits - logits.max())
+        q /= q.sum()
+        assert confidence == pytest.approx(q[tokens[i]], rel=1e-4)
+        drawn.append(q[tokens[i]])
+        top.append(q.max())
+    assert min(np.array(top) - np.array(drawn)) == 0.0  # some draws were the draft's top token
+    assert max(np.array(top) - np.array(drawn)) > 0.05  # and some were not: the two rules differ
+
+
+def test_a_sampled_chain_ends_on_the_draw_where_its_reach_falls_below_the_bar(draft):
+    """The same draws with the bar between the chain's reach before and after each of them:
+    the chain ends on that draw."""
+    sampling = SamplingParams(temperature=1.5)
+    proposer = DraftModelProposer(draft, VOCAB)
+    proposer.prefill(CONTEXT)
+    full = proposer.propose(CONTEXT, 8, sampling, np.random.default_rng(3), stop_below=1e-12)
+    reach = np.cumprod(full.confidences)
+    tokens = full.tokens.tolist()
+    for cut in range(1, len(reach)):
+        bar = (reach[cut - 1] + reach[cut]) / 2
+        proposer.reset()
+        proposer.prefill(CONTEXT)
+        chain = proposer.propose(CONTEXT, 8, sampling, np.random.default_rng(3), stop_below=bar)
+        assert chain.tokens.tolist() == tokens[: cut + 1]
 
 
 def test_a_sampled_chain_stops_on_the_draft_distribution_too(draft):

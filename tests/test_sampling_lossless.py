@@ -106,10 +106,11 @@ class StopEarly(FixedK):
     """Up to k tokens, the draft stopping itself where its confidence falls (adaptive k's
     chains): the stop depends on the draft's own draws, so sampling must stay exact."""
 
-    # On this draft after PROMPT: its top probability is 0.45 at the first step (the chain
-    # goes on), and the product after the second step is 0.12..0.35 depending on the first
-    # sampled token: the chain of a 3-token round stops after 2 tokens or not, at random.
-    BAR = 0.24
+    # On this draft after PROMPT (temperature 1): its probability of its first draw is at
+    # least 0.013 (the chain goes on), and the product after the second draw is 0.0003..0.23
+    # depending on both draws: the chain of a 3-token round stops after 2 tokens or not, at
+    # random.
+    BAR = 0.01
 
     def chain(self, source, k):
         return k, self.BAR
