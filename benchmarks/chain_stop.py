@@ -6,8 +6,9 @@ cut by other stop rules.
 
 `log` runs the adaptive pair (2 prompts each of math, open-ended and code, seed 0, 128 tokens)
 and records, for every round proposed by a draft chain, its length k, the tokens the target
-accepted n, the draft's confidence per token (its top probability, as the chain's stop reads
-it) and the draft forwards it took. `replay` prints how the draft's confidence matched
+accepted n, the draft's confidence per token (its probability of the token it drew, as the
+chain's stop reads it; before bc77da9 a sampled chain read its top probability) and the draft
+forwards it took. `replay` prints how the draft's confidence matched
 what the target accepted, then cuts each logged chain where a rule would have
 stopped it and prices the round at the calibrated costs: the accepted prefix is kept (n' =
 min(n, j) for a chain cut after j tokens), the rounds after it are not replayed and siblings

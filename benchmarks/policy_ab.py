@@ -5,8 +5,11 @@ without it), modeled speed-up (its counted forwards at the calibrated prices: fr
 host's drift, the figure to compare variants by) and the k of its rounds.
 
 Usage: python3 benchmarks/policy_ab.py TEMP CATEGORY PROMPT_IDS SEEDS [--plain] VARIANT
-VARIANT: --uncapped (no chain cap while the ledger is in the red) or --reference FILE (the
-AdaptiveK of another policy.py, e.g. `git show a033096:mlx_spec/policy.py > /tmp/policy_a.py`).
+VARIANT: --uncapped (no chain cap while the ledger is in the red), --reference FILE (the
+AdaptiveK of another policy.py, e.g. `git show a033096:mlx_spec/policy.py > /tmp/policy_a.py`)
+or --reference-proposers FILE (A's draft chain is the DraftModelProposer of another
+proposers.py, e.g. `git show 813e88c:mlx_spec/proposers.py > /tmp/proposers_a.py`, whose
+sampled chain read the draft's top probability).
 Example: python3 benchmarks/policy_ab.py 0.7 open story,poem 7,8 --plain --uncapped
 Needs the pair: mlx-spec models pull qwen2.5-coder-1.5b.
 """
@@ -20,12 +23,18 @@ from mlx_spec.loading import load_model
 from mlx_spec.registry import load_registry
 
 
-def reference_policy(path: str, current):
-    """An AdaptiveK from another policy.py, with the current one's costs and k_max."""
-    spec = importlib.util.spec_from_file_location("policy_reference", path)
+def load_reference(path: str, name: str):
+    """Another version of one of the package's modules, loaded from a file."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
+    return module
+
+
+def reference_policy(path: str, current):
+    """An AdaptiveK from another policy.py, with the current one's costs and k_max."""
+    module = load_reference(path, "policy_reference")
     costs = module.Costs(**dataclasses.asdict(current.costs))
     return module.AdaptiveK(costs, current.k_max)
 
@@ -35,8 +44,9 @@ def main(argv: list[str]) -> None:
         sys.exit(__doc__)
     temp, category, wanted, seeds = float(argv[0]), argv[1], argv[2].split(","), [int(s) for s in argv[3].split(",")]
     options = argv[4:]
-    if "--uncapped" not in options and "--reference" not in options[:-1]:
-        sys.exit("name the variant: --uncapped or --reference FILE")
+    variants = [o for o in options[:-1] if o in ("--reference", "--reference-proposers")]
+    if "--uncapped" not in options and not variants:
+        sys.exit("name the variant: --uncapped, --reference FILE or --reference-proposers FILE")
     spec = load_registry().get("qwen2.5-coder-1.5b")
     target, draft = load_model(spec.target), load_model(spec.draft)
     arms = ([Arm("plain", "plain")] if "--plain" in options else []) + [
@@ -45,6 +55,11 @@ def main(argv: list[str]) -> None:
     engine = bench.pairs["A"].engine
     if "--uncapped" in options:
         engine.policy.in_red = lambda: False
+    elif variants == ["--reference-proposers"]:
+        module = load_reference(options[options.index("--reference-proposers") + 1], "proposers_reference")
+        for proposer in engine.proposers:  # the same state, the other version's methods
+            if type(proposer).__name__ == "DraftModelProposer":
+                proposer.__class__ = module.DraftModelProposer
     else:
         engine.policy = reference_policy(options[options.index("--reference") + 1], engine.policy)
         if engine.tree:
