@@ -9,7 +9,7 @@ VARIANT: --uncapped (no chain cap while the ledger is in the red), --reference F
 AdaptiveK of another policy.py, e.g. `git show a033096:mlx_spec/policy.py > /tmp/policy_a.py`)
 or --reference-proposers FILE (A's draft chain is the DraftModelProposer of another
 proposers.py, e.g. `git show 813e88c:mlx_spec/proposers.py > /tmp/proposers_a.py`, whose
-sampled chain read the draft's top probability).
+sampled chain read the draft's top probability); variants named together all apply to A.
 Example: python3 benchmarks/policy_ab.py 0.7 open story,poem 7,8 --plain --uncapped
 Needs the pair: mlx-spec models pull qwen2.5-coder-1.5b.
 """
@@ -20,6 +20,7 @@ import sys
 
 from mlx_spec.bench import Arm, Bench, load_prompts
 from mlx_spec.loading import load_model
+from mlx_spec.proposers import DraftModelProposer
 from mlx_spec.registry import load_registry
 
 
@@ -53,17 +54,17 @@ def main(argv: list[str]) -> None:
         Arm(name, "spec", None, ngram=True) for name in ("A", "B")]
     bench = Bench(target, draft, arms, max_tokens=128)
     engine = bench.pairs["A"].engine
-    if "--uncapped" in options:
-        engine.policy.in_red = lambda: False
-    elif variants == ["--reference-proposers"]:
-        module = load_reference(options[options.index("--reference-proposers") + 1], "proposers_reference")
-        for proposer in engine.proposers:  # the same state, the other version's methods
-            if type(proposer).__name__ == "DraftModelProposer":
-                proposer.__class__ = module.DraftModelProposer
-    else:
+    if "--reference" in variants:
         engine.policy = reference_policy(options[options.index("--reference") + 1], engine.policy)
         if engine.tree:
             engine.policy.allow_siblings()
+    if "--uncapped" in options:
+        engine.policy.in_red = lambda: False
+    if "--reference-proposers" in variants:
+        module = load_reference(options[options.index("--reference-proposers") + 1], "proposers_reference")
+        for proposer in engine.proposers:  # the same state, the other version's methods
+            if isinstance(proposer, DraftModelProposer):
+                proposer.__class__ = module.DraftModelProposer
     items = [p for p in load_prompts((category,), None)[category] if p["id"] in wanted]
     for arm in arms:  # warm-up
         bench.run(arm, bench.encode(items[0]["prompt"]), 0.0, 0, max_tokens=8)

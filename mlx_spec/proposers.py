@@ -238,11 +238,11 @@ class DraftModelProposer:
     def propose(self, context, k, sampling, rng, stop_below: float = 0.0):
         """Up to k draft tokens, one draft step each. With `stop_below` > 0 the chain stops
         early where it is unlikely to be accepted: after a token, once the product of the
-        draft's confidences so far (its probability of each token it drew) falls below `stop_below`. That
-        reads each token on the host, so the chain can also jump: where the text so far
-        (context + drafted tokens) repeats earlier text, `guess` names what followed there, and
-        one draft forward over that guess checks it (`_jump`). The stop and the jumps depend
-        only on the draft, never on the target, so the round stays lossless."""
+        draft's confidences so far (its probability of each token it drew) falls below
+        `stop_below`. That reads each token on the host, so the chain can also jump: where the
+        text so far (context + drafted tokens) repeats earlier text, `guess` names what followed
+        there, and one draft forward over that guess checks it (`_jump`). The stop and the
+        jumps depend only on the draft, never on the target, so the round stays lossless."""
         pending = context[len(self.seen) :]
         self.forwards = []
         history = mx.array(context) if sampling.processors else None
