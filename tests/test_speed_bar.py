@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed_bar.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bar():
-    spec = importlib.util.spec_from_file_location("speed_bar", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("speed_bar")
 
 
 def arms(adaptive: float, lowest: float, vs_best: float, same_k: float) -> dict:
