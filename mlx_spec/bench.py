@@ -309,25 +309,31 @@ def summarize(records: list[dict], arm_names: list[str]) -> dict:
 
 
 def merge_results(results: list[dict]) -> dict:
-    """One result from runs of the same models on the same machine at different temperatures
-    (e.g. the greedy and the temperature-0.7 halves of the suite, run as two commands): runs
-    side by side, summary recomputed, each part's temperatures, arms and date kept."""
+    """One result from runs of the same models on the same machine in separate commands: the
+    greedy and the temperature-0.7 halves of the suite, or one suite run over some prompts and
+    later over others (`--prompts-dir`). Runs side by side, summary recomputed, each part's
+    temperatures, prompts, arms, date and commit kept. No run may appear in two parts."""
     first = results[0]
     for other in results[1:]:
         if other["machine"].get("chip") != first["machine"].get("chip") or \
                 {r: m["name"] for r, m in other["models"].items()} != {r: m["name"] for r, m in first["models"].items()}:
             raise SpecError("these results are from different machines or models",
                             "merge the parts of one suite; put different machines side by side with `bench compare`")
+    seen: dict[tuple, int] = {}
+    for i, r in enumerate(results):
+        for run in r["runs"]:
+            key = (run["temperature"], run["category"], run["prompt"], run["arm"], run["repeat"])
+            if seen.setdefault(key, i) != i:
+                raise SpecError(f"two results hold the same run: T={key[0]} {key[1]}/{key[2]}, {key[3]}",
+                                "merge parts run at different temperatures (--temps) or over different prompts")
     temperatures = [t for r in results for t in r["settings"]["temperatures"]]
-    if len(set(temperatures)) < len(temperatures):
-        raise SpecError("two results hold runs at the same temperature",
-                        "merge parts run at different temperatures (--temps)")
     arms: dict[str, dict] = {}
     for r in results:
         for arm in r["settings"]["arms"]:
             arms.setdefault(arm["name"], arm)
     parts = [part for r in results for part in r["settings"].get("parts") or [{
         "temperatures": r["settings"]["temperatures"], "arms": [a["name"] for a in r["settings"]["arms"]],
+        "prompts": list(dict.fromkeys(run["prompt"] for run in r["runs"])),
         "created": r["created"], "mlx_spec": r["settings"].get("mlx_spec")}]]
     runs = [run for r in results for run in r["runs"]]
     stamps = [part.get("mlx_spec") for part in parts]

@@ -134,12 +134,13 @@ def compare(
 
 @bench_app.command()
 def merge(
-    results: List[Path] = typer.Argument(..., help="Result files of one suite, run at different temperatures."),
+    results: List[Path] = typer.Argument(..., help="Result files of one suite, run at different temperatures or over different prompts."),
     out: Path = typer.Option(..., help="Write the merged result here."),
     plot: Optional[Path] = typer.Option(None, help="Also write a PNG of speed-ups per category."),
     md: Optional[Path] = typer.Option(None, help=MD_HELP),
 ):
-    """One result from the parts of a suite run as separate commands (same machine and models).
+    """One result from the parts of a suite run as separate commands (same machine and models):
+    the greedy and the sampled halves, or the same suite over some prompts and then others.
 
     Example: mlx-spec bench merge greedy.json t07.json --out result.json --plot result.png
     """

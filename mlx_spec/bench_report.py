@@ -121,7 +121,10 @@ def software_line(result: dict) -> str:
     settings = result["settings"]
     parts = settings.get("parts") or []
     if parts and settings.get("mlx_spec") is None and any(p.get("mlx_spec") for p in parts):
-        return "; ".join(f"{_stamp(p.get('mlx_spec'))} at T={','.join(map(str, p['temperatures']))}" for p in parts)
+        temperatures = [t for p in parts for t in p["temperatures"]]
+        by_prompts = len(set(temperatures)) < len(temperatures)  # parts split by prompt, not only by T
+        return "; ".join(f"{_stamp(p.get('mlx_spec'))} at T={','.join(map(str, p['temperatures']))}"
+                         + (f" on {', '.join(p.get('prompts') or ['?'])}" if by_prompts else "") for p in parts)
     return _stamp(settings.get("mlx_spec"))
 
 

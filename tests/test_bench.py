@@ -335,9 +335,31 @@ def test_a_merged_result_keeps_the_commit_each_part_ran_at(result):
     assert "mlx-spec 0.1.0 (commit aaaaaaa)" in compare_markdown([same], ["here"])
 
 
-def test_merging_refuses_overlapping_temperatures_and_other_models(result):
+def prompts_part(result: dict, prompts: set[str], commit: str) -> dict:
+    """The result as if only `prompts` had been run, by the code at `commit`."""
+    runs = [r for r in result["runs"] if r["prompt"] in prompts]
+    arms = [a["name"] for a in result["settings"]["arms"]]
+    return {**result, "runs": runs, "summary": summarize(runs, arms),
+            "settings": {**result["settings"], "mlx_spec": {"version": "0.1.0", "commit": commit}}}
+
+
+def test_a_suite_run_over_some_prompts_and_then_others_merges_into_the_whole(result):
+    names = list(dict.fromkeys(r["prompt"] for r in result["runs"]))
+    assert len(names) >= 2
+    first, later = prompts_part(result, set(names[:1]), "aaaaaaa"), prompts_part(result, set(names[1:]), "bbbbbbb")
+    merged = merge_results([first, later])
+    assert merged["summary"] == result["summary"]
+    assert sorted(map(str, merged["runs"])) == sorted(map(str, result["runs"]))
+    assert [p["prompts"] for p in merged["settings"]["parts"]] == [names[:1], names[1:]]
+    # two parts at the same temperatures are told apart by their prompts
+    line = summary_markdown(merged)
+    assert f"(commit aaaaaaa) at T=0.0,0.7 on {names[0]};" in line
+    assert f"(commit bbbbbbb) at T=0.0,0.7 on {', '.join(names[1:])}" in line
+
+
+def test_merging_refuses_a_run_held_twice_and_other_models(result):
     greedy = part(result, 0.0)
-    with pytest.raises(SpecError, match="same temperature"):
+    with pytest.raises(SpecError, match="the same run: T=0.0"):
         merge_results([greedy, greedy])
     other = part(result, 0.7)
     other["models"] = {**other["models"], "target": {**other["models"]["target"], "name": "another"}}
