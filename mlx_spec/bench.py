@@ -88,8 +88,10 @@ class Run:
         return tokens / seconds if tokens > 0 and seconds > 0 else None
 
 
-def load_prompts(categories=CATEGORIES, per_category: int | None = None, root: Path = PROMPTS_DIR):
-    """{category: [{"id", "prompt"}, ...]} from benchmarks/prompts/<category>.json."""
+def load_prompts(categories=CATEGORIES, per_category: int | None = None, root: Path = PROMPTS_DIR,
+                 skip: int = 0):
+    """{category: [{"id", "prompt"}, ...]} from benchmarks/prompts/<category>.json: after the
+    first `skip` of each set, `per_category` of them (all when None)."""
     prompts = {}
     for category in categories:
         path = Path(root) / f"{category}.json"
@@ -97,7 +99,11 @@ def load_prompts(categories=CATEGORIES, per_category: int | None = None, root: P
             items = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise SpecError(f"cannot read prompt set {path}: {e}", f"categories are {', '.join(CATEGORIES)}")
-        prompts[category] = items[:per_category] if per_category else items
+        chosen = items[skip : skip + per_category] if per_category else items[skip:]
+        if not chosen:
+            raise SpecError(f"no prompts left in {path} after skipping {skip} of {len(items)}",
+                            "give a smaller --skip-prompts")
+        prompts[category] = chosen
     return prompts
 
 

@@ -50,6 +50,7 @@ def run(
     draft: Optional[str] = typer.Option(None, help="Draft model reference (with --target)."),
     categories: str = typer.Option("code,math,open,edit", help="Prompt categories to run."),
     prompts_per_category: Optional[int] = typer.Option(None, min=1, help="Use the first N prompts of each category."),
+    skip_prompts: int = typer.Option(0, min=0, help="Skip the first N prompts of each category (to extend an earlier run; join the two with `bench merge`)."),
     prompts_dir: Optional[Path] = typer.Option(None, help="Folder of <category>.json prompt sets."),
     max_tokens: int = typer.Option(128, min=1, help="New tokens per run (same for every arm)."),
     temps: str = typer.Option("0,0.7", help="Temperatures, comma-separated."),
@@ -86,7 +87,7 @@ def run(
         target, draft = spec.target, draft or spec.draft
     if not draft:
         raise SpecError("bench needs a draft model", "give --draft REF or a --pair")
-    prompts = load_prompts(cats, prompts_per_category, prompts_dir or PROMPTS_DIR)
+    prompts = load_prompts(cats, prompts_per_category, prompts_dir or PROMPTS_DIR, skip=skip_prompts)
     mlx_ks = tuple(int(x) for x in _floats(mlx_lm_k))
     with console.status("loading models…"):
         loaded_target, loaded_draft = load_model(target), load_model(draft)

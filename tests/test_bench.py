@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 import mlx_spec
 import mlx_spec.bench as bench_module
-from mlx_spec.bench import (SCHEMA, Bench, Run, default_arms, first_round_tokens, merge_results, mlx_lm_rounds, read_result,
-                             run_suite, summarize, write_result)
+from mlx_spec.bench import (SCHEMA, Bench, Run, default_arms, first_round_tokens, load_prompts, merge_results, mlx_lm_rounds,
+                             read_result, run_suite, summarize, write_result)
 from mlx_spec.bench_report import compare_markdown, plot_result, summary_markdown
 from mlx_spec.cli import app
 from mlx_spec.errors import SpecError
@@ -215,6 +215,17 @@ def test_a_foreign_json_is_refused(tmp_path):
     path.write_text(json.dumps({"hello": 1}))
     with pytest.raises(SpecError, match="not an mlx-spec benchmark result"):
         read_result(path)
+
+
+def test_skipping_prompts_extends_an_earlier_run_over_the_next_ones(tmp_path):
+    items = [{"id": f"p{i}", "prompt": f"prompt {i}"} for i in range(1, 7)]
+    (tmp_path / "code.json").write_text(json.dumps(items))
+    ids = lambda prompts: [p["id"] for p in prompts["code"]]  # noqa: E731
+    assert ids(load_prompts(["code"], 2, tmp_path)) == ["p1", "p2"]
+    assert ids(load_prompts(["code"], 3, tmp_path, skip=2)) == ["p3", "p4", "p5"]
+    assert ids(load_prompts(["code"], None, tmp_path, skip=4)) == ["p5", "p6"]
+    with pytest.raises(SpecError, match="no prompts left .* after skipping 6 of 6"):
+        load_prompts(["code"], 2, tmp_path, skip=6)
 
 
 def test_bench_cli_runs_and_compare_prints_a_table(stories_path, tmp_path):
