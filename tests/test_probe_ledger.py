@@ -50,17 +50,29 @@ def test_a_failed_probe_costs_the_wider_verification_and_the_drafts_catch_up():
     assert policy.probe_price("draft") == pytest.approx(0.28 + COSTS.draft_forward(8))
 
 
-def test_a_draft_that_lost_is_probed_only_once_the_budget_can_pay_for_a_failure():
+def test_a_drafts_first_probe_comes_on_schedule_even_when_the_ledger_cannot_pay():
+    """A failed opening (a reply's first word chosen otherwise) must not bench the draft for
+    the rest of the reply: its first probe is made on schedule."""
     lost = benched()
-    scheduled = benched(explore=None)
-    assert rounds_to_probe(scheduled) == 4  # the schedule alone probes soon
+    assert lost.saved < -3 and lost.in_red()  # the two failed rounds cost over 3 plain steps
+    assert rounds_to_probe(lost) == rounds_to_probe(benched(explore=None)) == 4
+    lost.reset()
+    assert lost.probed == set()  # a new conversation gets its first probe again
+
+
+def test_after_its_first_probe_a_draft_that_lost_is_probed_only_once_the_budget_can_pay():
+    lost = benched()
+    first = rounds_to_probe(lost)
+    lost.update("draft", 1, 0)  # the probe failed too
+    lost.settle(1, 2, (first + 1,))
     loss = -lost.saved
-    assert loss > 3  # the two failed rounds cost over 3 plain steps more than they emitted
+    emitted = lost.emitted
     waited = rounds_to_probe(lost)
     assert waited is not None and lost.saved == -loss  # plain rounds cost what they emit
+    assert waited > 8  # longer than the schedule's doubled wait: the ledger decides
     # the probe came once 3% of the tokens + 1 step of grace covered the loss and a failed
     # probe (0.28 for the wider verification, 0.35 .. 0.55 for the draft's catch-up)
-    tokens = 2 + waited - 1
+    tokens = emitted + waited - 1
     assert (loss + 0.63 - 1.0) / 0.03 <= tokens <= (loss + 0.83 - 1.0) / 0.03 + 1
 
 
