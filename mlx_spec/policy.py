@@ -351,7 +351,7 @@ class AdaptiveK:
         draft cannot help with stays that close to plain decoding), and what drafting saved
         pays for more. A source's first probe since the last reset is made on schedule all the
         same: the opening round, drafted on the prior, is often rejected at its first token
-        (the reply's first words chosen otherwise, "```python" for the draft's "Here is"),
+        (the reply's first words chosen otherwise: the target began with "```python"),
         and charged to the ledger that one round would bench a draft that is right about the
         rest for 40 tokens and more (host E, greedy csv-sum: 50 of 66 rounds plain, while the
         draft's chains, once probed, had 75% accepted). One failed probe costs under one
