@@ -317,7 +317,7 @@ def summarize(records: list[dict], arm_names: list[str]) -> dict:
 def merge_results(results: list[dict]) -> dict:
     """One result from runs of the same models on the same machine in separate commands: the
     greedy and the temperature-0.7 halves of the suite, or one suite run over some prompts and
-    later over others (`--prompts-dir`). Runs side by side, summary recomputed, each part's
+    later over others (`--skip-prompts`, `--prompts-dir`). Runs side by side, summary recomputed, each part's
     temperatures, prompts, arms, date and commit kept. No run may appear in two parts."""
     first = results[0]
     for other in results[1:]:
