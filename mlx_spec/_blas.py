@@ -2,6 +2,8 @@
 
 Must run before `mlx.core` is first imported: MLX's `cblas_sgemm` calls then resolve to
 OpenBLAS (docs/platform.md: 4-6x faster, and batched matmuls stop costing linearly in T).
+Which kernels OpenBLAS runs (its core type: its own pick for the CPU, or OPENBLAS_CORETYPE's)
+is recorded too: on one CPU they change what a verification costs against a plain step.
 """
 
 import ctypes
@@ -9,7 +11,7 @@ import ctypes.util
 import os
 import sys
 
-BLAS = {"library": None, "loaded": False}
+BLAS = {"library": None, "loaded": False, "core": None}
 
 
 def load_openblas() -> None:
@@ -22,9 +24,25 @@ def load_openblas() -> None:
     candidates = [ctypes.util.find_library("openblas"), "libopenblas.so.0", "libopenblas.so"]
     for name in filter(None, candidates):
         try:
-            ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+            library = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
         except OSError:
             continue
-        BLAS.update(library=name, loaded=True)
+        BLAS.update(library=name, loaded=True, core=core_name(library))
         return
     BLAS["library"] = "reference BLAS (install libopenblas0-pthread for speed)"
+
+
+def core_name(library) -> str | None:
+    """OpenBLAS's core type (the kernels it runs, e.g. "Haswell"), None if it cannot say."""
+    try:
+        library.openblas_get_corename.restype = ctypes.c_char_p
+        return library.openblas_get_corename().decode() or None
+    except (AttributeError, UnicodeDecodeError):
+        return None
+
+
+def describe() -> str:
+    """The BLAS in one line, e.g. "libopenblas.so.0 (Haswell kernels)"."""
+    if not BLAS["loaded"]:
+        return BLAS["library"] or "bundled reference BLAS"
+    return f"{BLAS['library']} ({BLAS['core']} kernels)" if BLAS["core"] else BLAS["library"]

@@ -497,7 +497,9 @@ def _machine_key() -> str:
     from mlx_spec.platform import machine
 
     m = machine()
-    return hashlib.sha1(f"{m['chip']}|{m['backend']}|{m['cpu_cores']}".encode()).hexdigest()[:12]
+    # the BLAS and its kernels set a CPU's costs as much as the chip does
+    blas = f"|{m['blas']}" if m.get("blas") else ""
+    return hashlib.sha1(f"{m['chip']}|{m['backend']}|{m['cpu_cores']}{blas}".encode()).hexdigest()[:12]
 
 
 def calibration_key(target_name: str, draft_name: str | None, target_bytes: int) -> str:

@@ -1,0 +1,51 @@
+"""The BLAS line of the machine stamp, and calibrations kept apart per BLAS kernel."""
+
+import pytest
+
+from mlx_spec import _blas, platform, policy
+
+
+@pytest.fixture
+def blas(monkeypatch):
+    state = dict(_blas.BLAS)
+    monkeypatch.setattr(_blas, "BLAS", state)
+    return state
+
+
+def test_the_blas_line_names_the_kernels_openblas_runs(blas):
+    blas.update(library="libopenblas.so.0", loaded=True, core="Haswell")
+    assert _blas.describe() == "libopenblas.so.0 (Haswell kernels)"
+
+
+def test_the_blas_line_is_the_library_when_openblas_cannot_name_its_kernels(blas):
+    blas.update(library="libopenblas.so.0", loaded=True, core=None)
+    assert _blas.describe() == "libopenblas.so.0"
+
+
+def test_the_blas_line_says_when_the_reference_blas_runs(blas):
+    blas.update(library=None, loaded=False, core=None)
+    assert _blas.describe() == "bundled reference BLAS"
+
+
+def test_a_library_without_a_core_name_gives_none():
+    class NoOpenBLAS:  # a BLAS that is not OpenBLAS has no openblas_get_corename
+        pass
+
+    assert _blas.core_name(NoOpenBLAS()) is None
+
+
+def stamped(blas_line):
+    stamp = {"chip": "AMD EPYC", "backend": "cpu", "cpu_cores": 2}
+    if blas_line is not None:
+        stamp["blas"] = blas_line
+    return lambda: stamp
+
+
+def test_a_calibration_made_with_one_blas_kernel_is_not_reused_with_another(monkeypatch):
+    keys = {}
+    for line in ("libopenblas.so.0 (Haswell kernels)", "libopenblas.so.0 (Cooperlake kernels)", None):
+        monkeypatch.setattr(platform, "machine", stamped(line))
+        keys[line] = policy.calibration_key("org/big", "org/small", 123)
+    assert len(set(keys.values())) == 3
+    monkeypatch.setattr(platform, "machine", stamped("libopenblas.so.0 (Haswell kernels)"))
+    assert policy.calibration_key("org/big", "org/small", 123) == keys["libopenblas.so.0 (Haswell kernels)"]
