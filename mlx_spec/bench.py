@@ -325,6 +325,10 @@ def merge_results(results: list[dict]) -> dict:
                 {r: m["name"] for r, m in other["models"].items()} != {r: m["name"] for r, m in first["models"].items()}:
             raise SpecError("these results are from different machines or models",
                             "merge the parts of one suite; put different machines side by side with `bench compare`")
+        cores = {first["machine"].get("blas_core"), other["machine"].get("blas_core")} - {None}
+        if len(cores) > 1:  # the kernels set the costs: one suite runs on one set of them
+            raise SpecError(f"these results ran different BLAS kernels ({' and '.join(sorted(cores))})",
+                            "merge the parts of one suite; put them side by side with `bench compare`")
     seen: dict[tuple, int] = {}
     for i, r in enumerate(results):
         for run in r["runs"]:

@@ -107,7 +107,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def machine_line(result: dict) -> str:
     m = result["machine"]
     bw = f", {m['bandwidth_gbs']:.0f} GB/s" if m.get("bandwidth_gbs") else ""
-    return f"{m.get('chip')} ({m.get('backend')}{bw}), mlx {m.get('mlx_version')}, mlx-lm {m.get('mlx_lm_version')}"
+    blas = f", BLAS {m['blas']}" if m.get("blas") else ""
+    return f"{m.get('chip')} ({m.get('backend')}{bw}){blas}, mlx {m.get('mlx_version')}, mlx-lm {m.get('mlx_lm_version')}"
 
 
 def _stamp(stamp: dict | None) -> str:

@@ -12,7 +12,7 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
-from mlx_spec._blas import describe as describe_blas
+from mlx_spec._blas import BLAS, describe as describe_blas
 
 # Memory bandwidth (GB/s) of Apple chips, longest name first so "M3 Pro" wins over "M3".
 # Where a chip ships in two bandwidth bins (M3 Max, M4 Max) the GPU core count decides.
@@ -143,7 +143,7 @@ def machine() -> dict:
         info.update(chip=chip, gpu_cores=cores, bandwidth_gbs=chip_bandwidth(chip, cores))
     else:
         info.update(chip=_linux_cpu_model(), gpu_cores=None, bandwidth_gbs=None)
-        info["blas"] = describe_blas()
+        info.update(blas=describe_blas(), blas_core=BLAS["core"])
     if info["backend"] == "cuda":
         try:
             info["gpu"] = mx.device_info().get("device_name")

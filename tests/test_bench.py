@@ -378,6 +378,24 @@ def test_merging_refuses_a_run_held_twice_and_other_models(result):
         merge_results([greedy, other])
 
 
+def with_kernels(result: dict, core: str | None) -> dict:
+    return {**result, "machine": {**result["machine"], "blas_core": core}}
+
+
+def test_merging_refuses_parts_run_with_different_blas_kernels(result):
+    greedy, sampled = part(result, 0.0), part(result, 0.7)
+    with pytest.raises(SpecError, match=r"different BLAS kernels \(Cooperlake and Haswell\)"):
+        merge_results([with_kernels(greedy, "Haswell"), with_kernels(sampled, "Cooperlake")])
+    # the same kernels, or a part recorded before results named them, merge
+    assert merge_results([with_kernels(greedy, "Haswell"), with_kernels(sampled, "Haswell")])["runs"]
+    assert merge_results([with_kernels(greedy, "Haswell"), with_kernels(sampled, None)])["runs"]
+
+
+def test_the_machine_line_names_the_blas_and_its_kernels(result):
+    stamped = {**result, "machine": {**result["machine"], "blas": "libopenblas.so.0 (Haswell kernels)"}}
+    assert "BLAS libopenblas.so.0 (Haswell kernels)" in summary_markdown(stamped)
+
+
 def test_a_chain_arm_measures_the_suite_without_the_token_tree(stories_path):
     from mlx_spec.loading import load_model
 
