@@ -5,7 +5,8 @@ without it), modeled speed-up (its counted forwards at the calibrated prices: fr
 host's drift, the figure to compare variants by) and the k of its rounds.
 
 Usage: python3 benchmarks/policy_ab.py TEMP CATEGORY PROMPT_IDS SEEDS [--plain] VARIANT
-VARIANT: --uncapped (no chain cap while the ledger is in the red), --reference FILE (the
+VARIANT: --uncapped (no chain cap while the ledger is in the red), --k-max N (A drafts and
+verifies up to N tokens a round, calibrated up to N + 1; B the default 15), --reference FILE (the
 AdaptiveK of another policy.py, e.g. `git show a033096:mlx_spec/policy.py > /tmp/policy_a.py`)
 or --reference-proposers FILE (A's draft chain is the DraftModelProposer of another
 proposers.py, e.g. `git show 813e88c:mlx_spec/proposers.py > /tmp/proposers_a.py`, whose
@@ -20,6 +21,7 @@ import sys
 
 from mlx_spec.bench import Arm, Bench, load_prompts
 from mlx_spec.loading import load_model
+from mlx_spec.policy import AdaptiveK, calibrate
 from mlx_spec.proposers import DraftModelProposer
 from mlx_spec.registry import load_registry
 
@@ -45,9 +47,9 @@ def main(argv: list[str]) -> None:
         sys.exit(__doc__)
     temp, category, wanted, seeds = float(argv[0]), argv[1], argv[2].split(","), [int(s) for s in argv[3].split(",")]
     options = argv[4:]
-    variants = [o for o in options[:-1] if o in ("--reference", "--reference-proposers")]
+    variants = [o for o in options[:-1] if o in ("--reference", "--reference-proposers", "--k-max")]
     if "--uncapped" not in options and not variants:
-        sys.exit("name the variant: --uncapped, --reference FILE or --reference-proposers FILE")
+        sys.exit("name the variant: --uncapped, --reference FILE, --reference-proposers FILE or --k-max N")
     spec = load_registry().get("qwen2.5-coder-1.5b")
     target, draft = load_model(spec.target), load_model(spec.draft)
     arms = ([Arm("plain", "plain")] if "--plain" in options else []) + [
@@ -56,6 +58,11 @@ def main(argv: list[str]) -> None:
     engine = bench.pairs["A"].engine
     if "--reference" in variants:
         engine.policy = reference_policy(options[options.index("--reference") + 1], engine.policy)
+        if engine.tree:
+            engine.policy.allow_siblings()
+    if "--k-max" in variants:  # longer chains and guesses, with costs measured up to k_max + 1
+        k_max = int(options[options.index("--k-max") + 1])
+        engine.policy = AdaptiveK(calibrate(target.model, draft.model, k_max=k_max), k_max)
         if engine.tree:
             engine.policy.allow_siblings()
     if "--uncapped" in options:
