@@ -9,6 +9,7 @@ is recorded too: on one CPU they change what a verification costs against a plai
 import ctypes
 import ctypes.util
 import os
+import subprocess
 import sys
 
 BLAS = {"library": None, "loaded": False, "core": None}
@@ -46,3 +47,20 @@ def describe() -> str:
     if not BLAS["loaded"]:
         return BLAS["library"] or "bundled reference BLAS"
     return f"{BLAS['library']} ({BLAS['core']} kernels)" if BLAS["core"] else BLAS["library"]
+
+
+PICK = ("import ctypes, sys; library = ctypes.CDLL(sys.argv[1]); "
+        "library.openblas_get_corename.restype = ctypes.c_char_p; "
+        "print(library.openblas_get_corename().decode())")
+
+
+def own_pick(library: str) -> str | None:
+    """The kernels OpenBLAS picks for this CPU by itself (OPENBLAS_CORETYPE and
+    OPENBLAS_L2_SIZE unset), asked of a fresh process: it picks once, when it loads."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    try:
+        done = subprocess.run([sys.executable, "-c", PICK, library], env=env, capture_output=True,
+                              text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None

@@ -7,6 +7,7 @@ render() lays it out. Nothing here loads a model or downloads.
 
 from __future__ import annotations
 
+import os
 import platform as _py_platform
 import sys
 from pathlib import Path
@@ -77,6 +78,7 @@ def collect() -> dict:
         if "openblas" not in report["blas"].lower():
             report["problems"].append("MLX uses its slow reference BLAS: install OpenBLAS "
                                       "(apt install libopenblas0-pthread) for 4-6x faster CPU decoding")
+        report["blas_pinned"] = _pinned_kernels(m.pop("blas_core", None))
     try:
         registry = load_registry()
     except SpecError as err:
@@ -86,6 +88,19 @@ def collect() -> dict:
     report["calibrated"] = [{"target": target, "draft": draft, **costs.shares()}
                             for target, draft, costs in calibrated_pairs() if costs.draft_step > 0]
     return report
+
+
+def _pinned_kernels(core: str | None) -> dict | None:
+    """Where OPENBLAS_CORETYPE names kernels other than OpenBLAS's own pick for this CPU:
+    both (a verification's cost against a plain step depends on them; README, "Set up").
+    Not a problem: a pin may be there because a BLAS build computes wrongly on the CPU."""
+    from mlx_spec._blas import BLAS, own_pick
+
+    named = os.environ.get("OPENBLAS_CORETYPE")
+    if not (named and core and BLAS["loaded"]):
+        return None
+    pick = own_pick(BLAS["library"])
+    return {"named": core, "own_pick": pick} if pick and pick.lower() != core.lower() else None
 
 
 def _machine_rows(report: dict) -> list[tuple[str, str]]:
@@ -105,6 +120,10 @@ def _machine_rows(report: dict) -> list[tuple[str, str]]:
         rows.append(("memory bandwidth", "unknown chip (not in the table)"))
     if "blas" in report:
         rows.append(("BLAS", report["blas"]))
+    pinned = report.get("blas_pinned")
+    if pinned:
+        rows.append(("BLAS kernels", f"{pinned['named']}, named by OPENBLAS_CORETYPE; "
+                                     f"OpenBLAS alone would run {pinned['own_pick']} here"))
     rows += [(name, version or "not installed") for name, version in report["versions"].items()]
     return rows
 

@@ -49,3 +49,43 @@ def test_a_calibration_made_with_one_blas_kernel_is_not_reused_with_another(monk
     assert len(set(keys.values())) == 3
     monkeypatch.setattr(platform, "machine", stamped("libopenblas.so.0 (Haswell kernels)"))
     assert policy.calibration_key("org/big", "org/small", 123) == keys["libopenblas.so.0 (Haswell kernels)"]
+
+
+@pytest.fixture
+def openblas_haswell(blas, monkeypatch):
+    """OpenBLAS loaded with its Haswell kernels, named by OPENBLAS_CORETYPE."""
+    blas.update(library="libopenblas.so.0", loaded=True, core="Haswell")
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    return blas
+
+
+def test_doctor_shows_kernels_named_by_the_environment_beside_openblass_own_pick(openblas_haswell, monkeypatch):
+    from mlx_spec import doctor
+
+    monkeypatch.setattr(_blas, "own_pick", lambda library: "Cooperlake")
+    pinned = doctor._pinned_kernels("Haswell")
+    assert pinned == {"named": "Haswell", "own_pick": "Cooperlake"}
+    rows = dict(doctor._machine_rows({"machine": {"os": "Linux", "arch": "x86_64", "chip": "AMD EPYC",
+                                                  "cpu_cores": 2, "memory_gb": 25.3},
+                                      "backend_name": "CPU", "versions": {}, "blas_pinned": pinned}))
+    assert rows["BLAS kernels"] == "Haswell, named by OPENBLAS_CORETYPE; OpenBLAS alone would run Cooperlake here"
+
+
+def test_doctor_says_nothing_of_kernels_the_environment_names_as_openblas_would(openblas_haswell, monkeypatch):
+    from mlx_spec import doctor
+
+    monkeypatch.setattr(_blas, "own_pick", lambda library: "HASWELL")
+    assert doctor._pinned_kernels("Haswell") is None
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    monkeypatch.setattr(_blas, "own_pick", lambda library: pytest.fail("no pin: nothing to ask"))
+    assert doctor._pinned_kernels("Haswell") is None
+
+
+@pytest.mark.skipif(not _blas.BLAS["loaded"], reason="OpenBLAS is not loaded here")
+def test_openblass_own_pick_is_asked_of_a_fresh_process_and_names_a_core_type():
+    pick = _blas.own_pick(_blas.BLAS["library"])
+    assert pick and pick.isprintable() and " " not in pick
+
+
+def test_own_pick_of_a_library_that_does_not_load_is_none():
+    assert _blas.own_pick("libno-such-blas.so.0") is None
