@@ -10,11 +10,12 @@ shapes of the Qwen2.5-Coder pair (rows 1 to 48) and times, with MLX, a target ML
 ms, and each cost as a share of the one-row product. Needs no model.
 """
 
-import os
 import statistics
 import subprocess
 import sys
 import time
+
+from mlx_spec._blas import unpinned_environ
 
 SHAPES = [(8960, 1536), (1536, 8960), (256, 1536), (1536, 1536), (4864, 896), (896, 4864), (32768, 896)]
 CHECK_ROWS = (1, 2, 3, 4, 5, 8, 9, 16, 17, 24, 32, 48)
@@ -63,7 +64,7 @@ def main() -> None:
     if sys.argv[1:2] == ["--child"]:
         return child()
     for core in sys.argv[1:] or ["Haswell", "SkylakeX", "default"]:
-        env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+        env = unpinned_environ()
         if core != "default":
             env["OPENBLAS_CORETYPE"] = core
         print(f"== {core}", flush=True)

@@ -58,13 +58,11 @@ def main(argv: list[str]) -> None:
     engine = bench.pairs["A"].engine
     if "--reference" in variants:
         engine.policy = reference_policy(options[options.index("--reference") + 1], engine.policy)
-        if engine.tree:
-            engine.policy.allow_siblings()
     if "--k-max" in variants:  # longer chains and guesses, with costs measured up to k_max + 1
         k_max = int(options[options.index("--k-max") + 1])
         engine.policy = AdaptiveK(calibrate(target.model, draft.model, k_max=k_max), k_max)
-        if engine.tree:
-            engine.policy.allow_siblings()
+    if engine.tree and {"--reference", "--k-max"} & set(variants):  # a policy of A's own
+        engine.policy.allow_siblings()
     if "--uncapped" in options:
         engine.policy.in_red = lambda: False
     if "--reference-proposers" in variants:

@@ -49,18 +49,24 @@ def describe() -> str:
     return f"{BLAS['library']} ({BLAS['core']} kernels)" if BLAS["core"] else BLAS["library"]
 
 
-PICK = ("import ctypes, sys; library = ctypes.CDLL(sys.argv[1]); "
-        "library.openblas_get_corename.restype = ctypes.c_char_p; "
-        "print(library.openblas_get_corename().decode())")
+PIN = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # what this workplace sets to pin the kernels
+
+
+def unpinned_environ() -> dict:
+    """This process's environment without the variables that pin OpenBLAS's kernels."""
+    return {k: v for k, v in os.environ.items() if k not in PIN}
 
 
 def own_pick(library: str) -> str | None:
-    """The kernels OpenBLAS picks for this CPU by itself (OPENBLAS_CORETYPE and
-    OPENBLAS_L2_SIZE unset), asked of a fresh process: it picks once, when it loads."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    """The kernels OpenBLAS picks for this CPU by itself (PIN unset), asked of a fresh process
+    running this file: it picks once, when it loads."""
     try:
-        done = subprocess.run([sys.executable, "-c", PICK, library], env=env, capture_output=True,
-                              text=True, timeout=30)
+        done = subprocess.run([sys.executable, __file__, library], env=unpinned_environ(),
+                              capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
     return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+if __name__ == "__main__":  # own_pick's child: the core type of the library named
+    print(core_name(ctypes.CDLL(sys.argv[1])) or "")

@@ -78,7 +78,7 @@ def collect() -> dict:
         if "openblas" not in report["blas"].lower():
             report["problems"].append("MLX uses its slow reference BLAS: install OpenBLAS "
                                       "(apt install libopenblas0-pthread) for 4-6x faster CPU decoding")
-        report["blas_pinned"] = _pinned_kernels(m.pop("blas_core", None))
+        report["blas_pinned"] = _pinned_kernels()
     try:
         registry = load_registry()
     except SpecError as err:
@@ -90,14 +90,14 @@ def collect() -> dict:
     return report
 
 
-def _pinned_kernels(core: str | None) -> dict | None:
+def _pinned_kernels() -> dict | None:
     """Where OPENBLAS_CORETYPE names kernels other than OpenBLAS's own pick for this CPU:
     both (a verification's cost against a plain step depends on them; README, "Set up").
     Not a problem: a pin may be there because a BLAS build computes wrongly on the CPU."""
     from mlx_spec._blas import BLAS, own_pick
 
-    named = os.environ.get("OPENBLAS_CORETYPE")
-    if not (named and core and BLAS["loaded"]):
+    core = BLAS["core"]
+    if not (os.environ.get("OPENBLAS_CORETYPE") and core and BLAS["loaded"]):
         return None
     pick = own_pick(BLAS["library"])
     return {"named": core, "own_pick": pick} if pick and pick.lower() != core.lower() else None

@@ -63,7 +63,7 @@ def test_doctor_shows_kernels_named_by_the_environment_beside_openblass_own_pick
     from mlx_spec import doctor
 
     monkeypatch.setattr(_blas, "own_pick", lambda library: "Cooperlake")
-    pinned = doctor._pinned_kernels("Haswell")
+    pinned = doctor._pinned_kernels()
     assert pinned == {"named": "Haswell", "own_pick": "Cooperlake"}
     rows = dict(doctor._machine_rows({"machine": {"os": "Linux", "arch": "x86_64", "chip": "AMD EPYC",
                                                   "cpu_cores": 2, "memory_gb": 25.3},
@@ -75,10 +75,10 @@ def test_doctor_says_nothing_of_kernels_the_environment_names_as_openblas_would(
     from mlx_spec import doctor
 
     monkeypatch.setattr(_blas, "own_pick", lambda library: "HASWELL")
-    assert doctor._pinned_kernels("Haswell") is None
+    assert doctor._pinned_kernels() is None
     monkeypatch.delenv("OPENBLAS_CORETYPE")
     monkeypatch.setattr(_blas, "own_pick", lambda library: pytest.fail("no pin: nothing to ask"))
-    assert doctor._pinned_kernels("Haswell") is None
+    assert doctor._pinned_kernels() is None
 
 
 @pytest.mark.skipif(not _blas.BLAS["loaded"], reason="OpenBLAS is not loaded here")
