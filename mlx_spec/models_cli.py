@@ -16,7 +16,7 @@ from rich.table import Table
 
 from mlx_spec.errors import SpecError
 from mlx_spec.registry import load_registry
-from mlx_spec.resolve import find_local, present_path, resolve_model
+from mlx_spec.resolve import find_local, looks_like_repo_id, present_path, resolve_model
 
 console = Console()
 models_app = typer.Typer(
@@ -84,11 +84,15 @@ def _safetensors_summary(path: Path) -> tuple[int, set[str]]:
     return count, dtypes
 
 
-def model_info(ref: str) -> dict:
-    """Config summary of a locally present model (never downloads)."""
+def model_info(ref: str, pull: str | None = None) -> dict:
+    """Config summary of a locally present model (never downloads). `pull`: what `models
+    pull` would fetch it by (a pair's name), for the hint when it is missing."""
     path = find_local(ref)
     if path is None:
-        raise SpecError(f"model '{ref}' is not on this machine", f"run `mlx-spec models pull {ref}`")
+        if pull is None and not looks_like_repo_id(ref):
+            raise SpecError(f"'{ref}' is not a pair, a model on this machine or an org/name repo id",
+                            "see `mlx-spec models list` for the pairs")
+        raise SpecError(f"model '{ref}' is not on this machine", f"run `mlx-spec models pull {pull or ref}`")
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as e:
@@ -118,7 +122,7 @@ def info_command(name_or_ref: Annotated[str, typer.Argument(
     else:
         refs = {"model": name_or_ref}
     for role, ref in refs.items():
-        info = model_info(ref)
+        info = model_info(ref, pull=name_or_ref if role != "model" else None)
         table = Table(title=f"{role}: {ref}", show_header=False)
         for key, value in info.items():
             if key == "params" and value is not None:

@@ -240,7 +240,17 @@ def test_models_info_of_a_local_directory(stories_path):
 
 
 def test_models_errors_go_through_the_same_handler():
-    assert_clean_error(run("models", "info", "no-such-pair-or-model"), "not on this machine")
+    assert_clean_error(run("models", "info", "no-such-pair-or-model"), "not a pair", "models list")
+    assert_clean_error(run("models", "info", "org/absent-model"), "not on this machine",
+                       "mlx-spec models pull org/absent-model")
+
+
+def test_models_info_of_a_missing_pair_names_the_pair_to_pull(monkeypatch):
+    import mlx_spec.models_cli
+
+    monkeypatch.setattr(mlx_spec.models_cli, "find_local", lambda ref: None)  # whatever this machine holds
+    result = run("models", "info", "qwen2.5-7b")
+    assert_clean_error(result, "not on this machine", "mlx-spec models pull qwen2.5-7b")
 
 
 def test_convert_is_mounted_and_reports_a_missing_file(tmp_path):
