@@ -134,7 +134,8 @@ def main() -> None:
     train_h, train_y = (np.concatenate([p[i] for p in library[:split]]) for i in (0, 1))
     held_h, held_y = (np.concatenate([p[i] for p in library[split:]]) for i in (0, 1))
     categories = list(dict.fromkeys(c for c, *_ in replies))
-    by_category = {c: [np.concatenate([r[i] for r in replies if r[0] == c]) for i in (1, 2)] for c in categories}
+    by_category = {c: [np.concatenate([r[i] for r in replies if r[0] == c]) for i in (1, 2)]
+                   for c in categories}
     head = output(pair.draft)
 
     print("| adapter | train | held-out library | " + " | ".join(categories) + " |")

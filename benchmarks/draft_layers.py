@@ -7,10 +7,11 @@ token), but agrees with the target less often. For each prompt the target's gree
 decoded, then the draft reads prompt + reply in one forward, once whole and once with each of
 its layers left out, and the rate at which its first choice is the target's is counted per
 category. Prints a markdown table: per layer left out, the draft step's price (a share of the
-whole draft's) and per category the agreement with the drafting ceiling at it. The draft's step cost with a layer left out is priced by the weights it reads (the
-layers and the subset output layer), and the drafting ceiling of this machine's calibration
-(`Costs.ceiling`, the best k at an acceptance rate) is compared at each category's rate.
-Needs `mlx-spec models pull qwen2.5-coder-1.5b` first.
+whole draft's) and per category the agreement with the drafting ceiling at it. The draft's step
+cost with a layer left out is priced by the weights it reads (the layers and the subset output
+layer), and the drafting ceiling of this machine's calibration (`Costs.ceiling`, the best k at
+an acceptance rate) is compared at each category's rate. Needs `mlx-spec models pull
+qwen2.5-coder-1.5b` first.
 """
 
 import argparse

@@ -56,6 +56,15 @@ def cast_model(model, dtype: str):
     return model
 
 
+def quiet_length_warning(tokenizer) -> None:
+    """Lift the Hugging Face tokenizer's own length limit: mlx-spec checks prompt plus
+    max_tokens against the model's context itself (one error line and a hint), and the
+    tokenizer's warning about inputs longer than its limit would only add a stray line."""
+    inner = getattr(tokenizer, "_tokenizer", tokenizer)
+    if getattr(inner, "model_max_length", None) is not None:
+        inner.model_max_length = 1 << 62
+
+
 def load_model(ref: str, dtype: str | None = None) -> LoadedModel:
     """Resolve `ref` (directory, converted name, repo id) and load it with mlx_lm.
 
@@ -79,6 +88,7 @@ def load_model(ref: str, dtype: str | None = None) -> LoadedModel:
         raise SpecError(f"could not load model from {path}: {type(e).__name__}: {e}",
                         "the files are incomplete or corrupt: delete the folder and fetch the "
                         "model again (`mlx-spec models pull`)") from e
+    quiet_length_warning(tokenizer)
     if dtype is None and backend() == "cpu":
         dtype = "float32"  # quantized and half matmuls are slow on the CPU backend
     if dtype is not None:

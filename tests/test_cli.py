@@ -182,6 +182,21 @@ def test_context_overflow(stories_path):
     assert_clean_error(result, "exceeds the model's context of 512 tokens", "--max-tokens")
 
 
+def test_a_prompt_longer_than_the_context_gets_only_the_error_and_the_hint(stories_path):
+    # in a process of its own: the tokenizer's logging writes to the real stderr
+    import subprocess
+    import sys
+
+    args = map(str, stories_args(stories_path, "--no-draft", "--max-tokens", "5"))
+    done = subprocess.run([sys.executable, "-c", "from mlx_spec.cli import app; app()",
+                           "generate", "-", "--raw", *args],
+                          input="word " * 600, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2, done.stderr
+    assert lines[0].startswith("error: prompt (") and lines[1].startswith("hint: ")
+
+
 @pytest.mark.parametrize("options,message", [
     (["--temp", "-1"], "--temp must be 0 or more"),
     (["--temp", "nan"], "--temp must be 0 or more"),
