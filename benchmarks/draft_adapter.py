@@ -30,6 +30,7 @@ import numpy as np
 
 from mlx_spec import load_pair
 from mlx_spec.bench import CATEGORIES, load_prompts
+from mlx_spec.draft_head import as_function, output_layer
 
 PIECE = 256
 
@@ -84,13 +85,6 @@ def collect(pair, chunks: int) -> tuple[list, list]:
     return library, replies
 
 
-def output(model):
-    """The draft's output layer as a function of its last hidden states (tied or not)."""
-    if getattr(model.args, "tie_word_embeddings", False):
-        return model.model.embed_tokens.as_linear
-    return model.lm_head
-
-
 def agreement(head, adapter, hidden: np.ndarray, labels: np.ndarray) -> float:
     hits = []
     for s in range(0, len(hidden), 512):
@@ -136,7 +130,7 @@ def main() -> None:
     categories = list(dict.fromkeys(c for c, *_ in replies))
     by_category = {c: [np.concatenate([r[i] for r in replies if r[0] == c]) for i in (1, 2)]
                    for c in categories}
-    head = output(pair.draft)
+    head = as_function(output_layer(pair.draft))
 
     print("| adapter | train | held-out library | " + " | ".join(categories) + " |")
     print("|---|---|---|" + "---|" * len(categories))

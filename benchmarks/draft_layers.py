@@ -53,9 +53,9 @@ def main() -> None:
     draft, layers = pair.draft, list(pair.draft.model.layers)
     costs = cached_calibration(calibration_key(pair.target_name, pair.draft_name, pair.target_bytes),
                                pair.target, draft, pair.k_max)
-    head_rows = len(ascii_token_ids(pair.tokenizer, output_layer(draft).weight.shape[0]))
+    rows, width = output_layer(draft).weight.shape
     read = [weights(layer) for layer in layers]
-    total = sum(read) + head_rows * output_layer(draft).weight.shape[1]
+    total = sum(read) + len(ascii_token_ids(pair.tokenizer, rows)) * width
 
     replies = []
     for category, prompts in load_prompts(CATEGORIES, args.prompts_per_category).items():

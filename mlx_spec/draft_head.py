@@ -48,6 +48,12 @@ def output_layer(model):
     return embed if embed is not None and hasattr(embed, "as_linear") else None
 
 
+def as_function(layer):
+    """An output layer as a function of hidden states: a linear layer is one; a tied input
+    embedding is used as one (`as_linear`)."""
+    return layer.as_linear if hasattr(layer, "as_linear") else layer
+
+
 def _rows(module: nn.Module, ids: mx.array) -> nn.Module:
     """A shallow copy of a (possibly quantized) linear or embedding layer with only `ids` rows."""
     sub = copy.copy(module)
@@ -69,16 +75,13 @@ class SubsetHead:
         module = output_layer(model)
         self._module = module
         self._base = _rows(module, mx.array(self.base_ids, dtype=mx.int32))
-        self._call = self._caller(self._base)
+        self._call = as_function(self._base)
         self.extra_ids: list[int] = []
         self._extra = None
         self.ids = mx.array(self.base_ids, dtype=mx.int32)
         self.active = True
         self._recent: deque[bool] = deque(maxlen=MISS_WINDOW)
         mx.eval(self._base.parameters())
-
-    def _caller(self, module):
-        return module.__call__ if self._module is getattr(self.model, "lm_head", None) else module.as_linear
 
     @classmethod
     def build(cls, model, ids: list[int]) -> "SubsetHead | None":
@@ -130,7 +133,7 @@ class SubsetHead:
         self.extra_ids += tokens
         extra = mx.array(self.extra_ids, dtype=mx.int32)
         sub = _rows(self._module, extra)
-        self._extra = self._caller(sub)
+        self._extra = as_function(sub)
         self.ids = mx.concatenate([mx.array(self.base_ids, dtype=mx.int32), extra])
 
     def reset(self) -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import load_benchmark
+from mlx_spec.draft_head import as_function, output_layer
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def test_a_new_adapter_leaves_the_draft_as_it_was_and_can_learn(bench, stories):
     model, tokenizer = stories
     tokens = tokenizer.encode("Once upon a time, there was a little girl named Lily.")
     hidden = np.array(model.model(mx.array(tokens)[None])[0])
-    head = bench.output(model)
+    head = as_function(output_layer(model))
     labels = np.array(mx.argmax(model(mx.array(tokens)[None])[0], -1))  # the model's own choices
     adapter = bench.Adapter(hidden.shape[1], 2)
     assert np.allclose(np.array(adapter(mx.array(hidden))), hidden)
