@@ -11,6 +11,8 @@ AdaptiveK of another policy.py, e.g. `git show a033096:mlx_spec/policy.py > /tmp
 or --reference-proposers FILE (A's draft chain is the DraftModelProposer of another
 proposers.py, e.g. `git show 813e88c:mlx_spec/proposers.py > /tmp/proposers_a.py`, whose
 sampled chain read the draft's top probability); variants named together all apply to A.
+--fixed-k N runs both arms at a fixed k (the suite's fixed-k arm) instead of adaptive; it goes
+with --reference-proposers.
 Example: python3 benchmarks/policy_ab.py 0.7 open story,poem 7,8 --plain --uncapped
 Needs the pair: mlx-spec models pull qwen2.5-coder-1.5b.
 """
@@ -48,12 +50,13 @@ def main(argv: list[str]) -> None:
     temp, category, wanted, seeds = float(argv[0]), argv[1], argv[2].split(","), [int(s) for s in argv[3].split(",")]
     options = argv[4:]
     variants = [o for o in options[:-1] if o in ("--reference", "--reference-proposers", "--k-max")]
+    fixed_k = int(options[options.index("--fixed-k") + 1]) if "--fixed-k" in options[:-1] else None
     if "--uncapped" not in options and not variants:
         sys.exit("name the variant: --uncapped, --reference FILE, --reference-proposers FILE or --k-max N")
     spec = load_registry().get("qwen2.5-coder-1.5b")
     target, draft = load_model(spec.target), load_model(spec.draft)
     arms = ([Arm("plain", "plain")] if "--plain" in options else []) + [
-        Arm(name, "spec", None, ngram=True) for name in ("A", "B")]
+        Arm(name, "spec", fixed_k, ngram=True) for name in ("A", "B")]
     bench = Bench(target, draft, arms, max_tokens=128)
     engine = bench.pairs["A"].engine
     if "--reference" in variants:

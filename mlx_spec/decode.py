@@ -130,12 +130,12 @@ class Engine:
         """The round's proposal, and the free proposals that lost to it (from the free
         sources alone unless `paid`).
 
-        Free sources (n-gram lookup) are asked first, for up to k_max tokens. The offers are
-        each source alone and a draft model checking each free guess in one forward
-        ("draft+ngram:n"); the policy ranks them by expected rate and the best one with k > 0
-        proposes. Free proposals that lost are scored after the round
-        anyway (shadowed), so their acceptance keeps being learned while another source
-        proposes; otherwise a source that fell behind once would never be tried again.
+        Free sources (n-gram lookup) are asked first, for up to k_max tokens; each source
+        offers itself (a draft chain jumps over a free guess on its own, proposers.py), and the
+        policy ranks the offers by expected rate; the best one with k > 0 proposes. Free
+        proposals that lost are scored after the round anyway (shadowed), so their acceptance
+        keeps being learned while another source proposes; otherwise a source that fell
+        behind once would never be tried again.
         """
         if k_limit <= 0:
             return None, []
@@ -149,12 +149,6 @@ class Engine:
                     offers.append(self._offer(guess.key, k_limit, lambda k, g=guess: g.truncated(k), guess))
             elif paid:
                 offers.append(self._draft_offer(proposer, k_limit, sampling, rng))
-        for proposer in self.proposers:  # a draft model checking a free guess in one forward
-            along = getattr(proposer, "propose_along", None) if paid else None
-            for guess in guesses if along else ():
-                key = f"{proposer.name}+{guess.key}"
-                offers.append(self._offer(key, k_limit, lambda k, a=along, g=guess, key=key:
-                                          a(self.context, g.host[: k - 1], sampling, rng, key)))
         offers.sort(key=lambda offer: -offer.rate)  # stable: equal rates keep the proposers' order
         for offer in offers:
             proposal = offer.make(offer.k) if offer.k > 0 else None

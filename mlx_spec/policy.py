@@ -33,7 +33,7 @@ class Costs:
     draft_step: float
     verify: list[float]
     verify_tokens: list[int] | None = None  # tokens to feed when verifying k (>= k+1)
-    draft_batch: float | None = None  # one draft forward over k_max+1 tokens (a guessed path)
+    draft_batch: float | None = None  # one draft forward over k_max+1 tokens (a jump, a catch-up)
     ladder: dict[int, float] | None = None  # every measured target forward: tokens -> seconds
 
     def __post_init__(self):
@@ -126,7 +126,7 @@ class FixedK:
     """Always propose k tokens (fewer only when a free guess is shorter).
 
     With the machine's costs it still chooses, each round, which source proposes the k tokens
-    (the draft, an n-gram guess, the draft checking a guess), by the same expected rate as
+    (the draft, an n-gram guess), by the same expected rate as
     AdaptiveK, and verifies padded to the cheapest measured size. Without costs the sources
     keep their order and nothing is padded.
     """
@@ -197,8 +197,7 @@ class AdaptiveK:
                  free_prior: float = 0.5, probe_soon: int = 4, margin: float = 0.05,
                  chain_factor: int = 3, chain_floor: int = 4, sibling_prior: float = 0.5,
                  explore: float | None = 0.03, explore_grace: float = 1.0):
-        # a source key is "name", "name:detail" (the n-gram's matched length), or
-        # "draft+ngram:n" (the draft checking an n-gram's guess)
+        # a source key is "name" or "name:detail" (the n-gram's matched length)
         self.costs, self.k_max, self.decay, self.probe_every = costs, k_max, decay, probe_every
         self.free_sources = free_sources
         # A free source is scored every round even when it loses (shadowed), so it can start
@@ -240,9 +239,6 @@ class AdaptiveK:
 
     def alphas(self, source: str) -> list[float]:
         counts = self.counts.get(source) or [[0.0, 0.0]] * self.k_max
-        if "+" in source:  # a draft checking a guess: its priors are the draft's
-            priors = self._checked_guess_priors(source)
-            return [(s + 2 * prior) / (s + f + 2) for (s, f), prior in zip(counts, priors)]
         # Each position's prior (worth two trials) is the estimate of the position before it,
         # so positions the policy has not tried yet inherit what it knows, not a fixed guess.
         result, prior = [], self.free_prior if self._free(source) else self.prior
@@ -250,11 +246,6 @@ class AdaptiveK:
             prior = (s + 2 * prior) / (s + f + 2)
             result.append(prior)
         return result
-
-    def _checked_guess_priors(self, source: str) -> list[float]:
-        """Until it has shown its own, a draft checking a guess is expected to do as well as
-        the draft alone: where the guess is wrong, the draft's token still replaces it."""
-        return self.alphas(source.split("+", 1)[0])
 
     def _free(self, source: str) -> bool:
         return source.split(":")[0] in self.free_sources
@@ -267,11 +258,9 @@ class AdaptiveK:
         self.siblings = True
 
     def sibling_rate(self, source: str) -> float:
-        """How often a rejected position's correction was one of the siblings tried there (a
-        draft checking a guess starts from the draft's own rate, as its alphas do)."""
+        """How often a rejected position's correction was one of the siblings tried there."""
         hits, misses = self.sibling_counts.get(source, (0.0, 0.0))
-        prior = self.sibling_rate(source.split("+", 1)[0]) if "+" in source else self.sibling_prior
-        return (hits + 2 * prior) / (hits + misses + 2)
+        return (hits + 2 * self.sibling_prior) / (hits + misses + 2)
 
     def sibling_depths(self, source: str, k: int, size: int | None = None) -> int:
         """Depths counted as having a sibling when `source` proposes k and the verification
@@ -302,8 +291,6 @@ class AdaptiveK:
         """Expected tokens per second of `source` proposing k, verified in `size` tokens."""
         if self._free(source):
             cost = self.costs.round_cost(k, 0.0, size)
-        elif "+" in source:  # a draft checking a free guess: one batched draft forward
-            cost = self.costs.round_cost(k, 0.0, size) + (self.costs.draft_batch or 2 * self.costs.draft_step)
         else:
             cost = self.costs.round_cost(k, size=size)
         return self.expected(source, k, size) / cost
@@ -326,7 +313,7 @@ class AdaptiveK:
         k = 1 now and then)."""
         rates = [self.rate(source, k) for k in range(self.k_max + 1)]
         k_best = max(range(1, len(rates)), key=rates.__getitem__, default=0)
-        # against plain decoding's rate: a draft checking a guess pays its forward only if it drafts
+        # against plain decoding's rate (the margin pays for what the calibration cannot see)
         if k_best and rates[k_best] < (1 + self.margin) / self.costs.verify[0]:
             k_best = 0
         if k_best == 0 and not self._free(source):  # a free source is scored every round anyway

@@ -184,8 +184,8 @@ class DraftModelProposer:
         self.guess = None
         self.jumps = self.jumped = 0  # guess checks made, guessed tokens they confirmed
         self.forwards: list[int] = []  # token counts of the current proposal's forwards
-        # what the last proposal fed the draft: (pending tokens, guessed path or None, k)
-        self._inflight: tuple[list[int], list[int] | None, int] | None = None
+        # what the last proposal fed the draft: (pending tokens, k)
+        self._inflight: tuple[list[int], int] | None = None
 
     def prefill(self, context: list[int]) -> None:
         keep = min(common_prefix(self.seen, context), len(context) - 1, cache_length(self.cache))
@@ -272,7 +272,7 @@ class DraftModelProposer:
             if history is not None:
                 history = mx.concatenate([history, token])
             feed = token
-        self._inflight = (pending, None, len(chain.tokens))
+        self._inflight = (pending, len(chain.tokens))
         return Proposal(
             tokens=mx.concatenate(chain.tokens),
             q=mx.concatenate(chain.qs) if chain.qs else None,
@@ -317,49 +317,16 @@ class DraftModelProposer:
         rollback(self.cache, start + j)
         return None if stopped else chain.tokens[-1]
 
-    def propose_along(self, context, path: list[int], sampling, rng, key: str) -> Proposal:
-        """len(path)+1 draft tokens from ONE forward over a guessed continuation (an n-gram's).
-
-        Token i is the draft's choice after context + path[:i]: where the guess is right the
-        draft confirms it, where it is wrong (a renamed word in copied code) the draft's own
-        token replaces it, and the guess goes on after it. Lossless: each token is drawn from
-        q_i, a distribution fixed by the context and the guess, and q_i is what acceptance sees.
-        """
-        pending = context[len(self.seen) :]
-        self.forwards = []
-        rows, ids = self._forward(mx.array(pending + path), rows=len(path) + 1)
-        tokens, qs, runners = [], [], []
-        for i in range(len(path) + 1):
-            history = mx.array(context + path[:i]) if sampling.processors else None
-            token, q, alternatives = self._draw(rows[i : i + 1], ids, history, sampling, rng)
-            tokens.append(token)
-            runners.append(alternatives)
-            if q is not None:
-                qs.append(q)
-        self._inflight = (pending, list(path), len(path) + 1)
-        tokens = mx.concatenate(tokens)
-        mx.async_eval(tokens)  # the device starts on the draft while the verification is built
-        return Proposal(
-            tokens=tokens,
-            q=mx.concatenate(qs) if qs else None,
-            source=f"{self.name}+path",
-            key=key,
-            forwards=tuple(self.forwards),
-            siblings=runners,
-        )
-
     def observe(self, proposal, n_accepted, committed):
         if self.head is not None:
             self.head.observe(committed)
         if proposal is None or self._inflight is None:
             return  # committed tokens stay pending until the next proposal feeds them
-        pending, path, k = self._inflight
+        pending, k = self._inflight
         self._inflight = None
-        # The draft processed pending + d_1..d_{k-1} (or pending + the guessed path). Keep what
-        # the committed tokens confirm, but always leave the newest committed token
-        # unprocessed: its logits start the next proposal.
-        confirmed = n_accepted if path is None else common_prefix(path, committed)
-        kept = min(confirmed, len(committed) - 1, k - 1)
+        # The draft processed pending + d_1..d_{k-1}. Keep what the round accepted, but always
+        # leave the newest committed token unprocessed: its logits start the next proposal.
+        kept = min(n_accepted, len(committed) - 1, k - 1)
         self.seen += pending + committed[:kept]
         rollback(self.cache, len(self.seen))
 

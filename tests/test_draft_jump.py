@@ -8,7 +8,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import quantized_copy, random_llama
+from conftest import CountingModel, quantized_copy, random_llama
 
 from mlx_spec.pair import Pair
 from mlx_spec.policy import FixedK
@@ -149,3 +149,25 @@ def test_the_engine_wires_the_ngram_guess_into_the_draft_and_greedy_output_is_un
     result = pair.generate(prompt, max_tokens=48, chat=False)
     assert result.tokens == plain
     assert drafter.jumps > 0 and drafter.jumped > 0
+
+
+def test_jumping_rounds_keep_one_sync_one_target_forward_and_exact_caches(stories):
+    model, tok = stories
+    prompt = "Tom and Lily went to the park. Tom and Lily"
+    pair = Pair(model, tok, draft=quantized_copy(model), ngram=True, k=6)
+    pair.engine.policy = Jumping(6)
+    target = CountingModel(model)
+    pair.target = pair.engine.target = target
+    result = pair.generate(prompt, max_tokens=50, chat=False)
+    stats = result.stats
+    assert stats.host_syncs == stats.rounds == stats.target_forwards
+    engine, drafter = pair.engine, pair.engine.proposers[-1]
+    assert drafter.jumps > 0
+    assert cache_length(engine.cache) == len(engine.context) - 1
+    assert cache_length(drafter.cache) == len(drafter.seen)
+    assert drafter.seen == engine.context[: len(drafter.seen)]
+    # continuing from those caches still equals plain decoding of the whole text
+    text_so_far = list(engine.context)
+    more = pair.generate(text_so_far, max_tokens=20, chat=False)
+    assert more.stats.prompt_tokens == 1  # both caches were reused
+    assert more.tokens == Pair(model, tok).generate(text_so_far, max_tokens=20, chat=False).tokens

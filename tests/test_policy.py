@@ -103,19 +103,6 @@ def test_free_sources_start_pessimistic_and_earn_their_place():
     assert policy.alpha("ngram:2") == policy.free_prior  # each matched length learns on its own
 
 
-def test_a_draft_checking_a_guess_is_priced_as_one_batched_forward():
-    costs = Costs(draft_step=0.3, verify=[1.0] + [1.4] * 15, draft_batch=0.6)
-    policy = AdaptiveK(costs, k_max=15)
-    for source in ("draft", "draft+ngram:4"):
-        for _ in range(10):
-            policy.update(source, 15, 15)
-        policy.update("ngram:4", 15, 15)
-    # same acceptance, but 15 draft steps cost 4.5 and one batched forward 0.6
-    assert policy.rate("draft+ngram:4", 15) == pytest.approx(policy.expected("draft+ngram:4", 15) / (1.4 + 0.6))
-    assert policy.expected("draft+ngram:4", 15) == pytest.approx(policy.expected("draft", 15), rel=0.05)
-    assert policy.rate("draft+ngram:4", 15) > 2 * policy.rate("draft", 15)
-
-
 def test_a_draft_forward_costs_between_one_step_and_the_measured_batch():
     costs = Costs(draft_step=0.3, verify=[1.0] + [1.4] * 15, draft_batch=0.6)  # batch: 16 tokens
     prices = [costs.draft_forward(t) for t in (1, 2, 4, 8, 16, 32)]
@@ -176,16 +163,6 @@ def test_a_larger_verification_is_chosen_where_its_siblings_pay_for_it():
     for _ in range(10):
         fixed.update("draft", 3, 1, sibling=True)
     assert fixed.verify_tokens(3, "draft") == 8
-
-
-def test_a_draft_checking_a_guess_starts_from_the_drafts_acceptance_and_learns_its_own():
-    policy = AdaptiveK(CHEAP_VERIFY, k_max=8)
-    for _ in range(10):
-        policy.update("draft", 8, 8)  # the draft agrees with the target
-    assert policy.alphas("draft+ngram:2") == pytest.approx(policy.alphas("draft"))
-    for _ in range(8):
-        policy.update("draft+ngram:2", 8, 1)  # ... but following this guess it does not
-    assert policy.alphas("draft+ngram:2")[1] < 0.3 < 0.9 < policy.alphas("draft")[1]
 
 
 def test_fixed_k_pads_verification_and_ranks_sources_by_rate_at_its_k():
