@@ -22,7 +22,7 @@ from mlx_spec.policy import FixedK
 from mlx_spec.proposers import Proposal, Proposer, cache_length, common_prefix, forward_chunked, rollback
 from mlx_spec.sampling import SamplingParams, apply_processors, probabilities
 from mlx_spec.stats import Stats
-from mlx_spec.text import StopText, TextStream
+from mlx_spec.text import CodeFences, StopText, TextStream
 from mlx_spec.tree import Tree, keep_node, plan_tree, supports_tree, tree_forward
 
 
@@ -267,6 +267,7 @@ class Engine:
         waiting = quick_start and any(not proposer.free for proposer in self.proposers)
         stats.prompt_tokens = self.prefill(prompt, proposers=not waiting)
         text_stream = TextStream(self.tokenizer, prompt[-1:])
+        fences = CodeFences()  # prose or code: the policy learns a paid source per regime
         stats.prompt_time = time.perf_counter() - tic
         mx.reset_peak_memory()
         generated, finish = 0, None
@@ -279,6 +280,7 @@ class Engine:
                 stats.prompt_time += spent
                 start += spent  # prompt time, not generation time
                 waiting = False
+            self.policy.enter(fences.regime)
             t0 = time.perf_counter()
             proposal, shadows = self._propose(sampling, rng, max_tokens - generated - 1, paid=not waiting)
             t1 = time.perf_counter()
@@ -303,7 +305,9 @@ class Engine:
                 if token in eos:
                     finish = "stop"
                 else:
-                    emitted, hit = stop_text.feed(text_stream.add(token))
+                    piece = text_stream.add(token)
+                    fences.feed(piece)
+                    emitted, hit = stop_text.feed(piece)
                     text += emitted
                     finish = "stop" if hit else None
                 if finish is None and generated >= max_tokens:

@@ -158,6 +158,11 @@ class FixedK:
         if self.estimates:
             self.estimates.reset()
 
+    def enter(self, regime: str) -> None:
+        """The kind of text the next rounds decode (AdaptiveK.enter): it ranks the sources."""
+        if self.estimates:
+            self.estimates.enter(regime)
+
     def allow_siblings(self) -> None:
         if self.estimates:
             self.estimates.allow_siblings()
@@ -196,8 +201,9 @@ class AdaptiveK:
                  probe_every: int = 16, free_sources: tuple[str, ...] = ("ngram",),
                  free_prior: float = 0.5, probe_soon: int = 4, margin: float = 0.05,
                  chain_factor: int = 3, chain_floor: int = 4, sibling_prior: float = 0.5,
-                 explore: float | None = 0.03, explore_grace: float = 1.0):
-        # a source key is "name" or "name:detail" (the n-gram's matched length)
+                 explore: float | None = 0.03, explore_grace: float = 1.0, regimes: bool = True):
+        # a source key is "name" or "name:detail" (the n-gram's matched length); a paid
+        # source's key gets "@code" inside a code block (`enter`)
         self.costs, self.k_max, self.decay, self.probe_every = costs, k_max, decay, probe_every
         self.free_sources = free_sources
         # A free source is scored every round even when it loses (shadowed), so it can start
@@ -226,6 +232,27 @@ class AdaptiveK:
         # Sources probed since the last reset (a conversation): a source's first probe is made
         # on schedule even when the ledger cannot pay for it (see `_affords_probe`).
         self.probed: set[str] = set()
+        # The kind of text being decoded ("prose" or "code", `enter`): a paid source is learned
+        # per kind, so a draft benched on a reply's prose opening is tried afresh on its code.
+        self.regimes, self.regime = regimes, "prose"
+
+    def enter(self, regime: str) -> None:
+        """The next rounds decode `regime` text ("prose", or "code" inside a fenced block).
+
+        A paid source's estimates, probe schedule and first probe are kept per regime (the
+        ledger is shared): where a reply turns to code, a draft benched on its prose opening
+        starts from the prior again, and where it turns back, what was learned on its prose
+        applies. Traced greedy on add-types (host E), the draft's first two chains were
+        rejected at their first token ("Here is" for "Here's"), the ledger then held it
+        back for the 20 rounds of the first two functions, token by token, and once probed it
+        landed 62 tokens in 25 plain steps. Free sources, scored every round, adapt anyway."""
+        self.regime = regime
+
+    def _key(self, source: str) -> str:
+        """The key `source` is learned under in the current regime."""
+        if not self.regimes or self.regime == "prose" or "@" in source or self._free(source):
+            return source
+        return f"{source}@{self.regime}"
 
     def reset(self) -> None:
         """Back to the prior: a new conversation may be a different kind of text."""
@@ -238,6 +265,7 @@ class AdaptiveK:
         self.saved, self.emitted = 0.0, 0
 
     def alphas(self, source: str) -> list[float]:
+        source = self._key(source)
         counts = self.counts.get(source) or [[0.0, 0.0]] * self.k_max
         # Each position's prior (worth two trials) is the estimate of the position before it,
         # so positions the policy has not tried yet inherit what it knows, not a fixed guess.
@@ -248,7 +276,7 @@ class AdaptiveK:
         return result
 
     def _free(self, source: str) -> bool:
-        return source.split(":")[0] in self.free_sources
+        return source.split("@")[0].split(":")[0] in self.free_sources
 
     def alpha(self, source: str) -> float:
         """Acceptance of the first drafted position."""
@@ -259,7 +287,7 @@ class AdaptiveK:
 
     def sibling_rate(self, source: str) -> float:
         """How often a rejected position's correction was one of the siblings tried there."""
-        hits, misses = self.sibling_counts.get(source, (0.0, 0.0))
+        hits, misses = self.sibling_counts.get(self._key(source), (0.0, 0.0))
         return (hits + 2 * self.sibling_prior) / (hits + misses + 2)
 
     def sibling_depths(self, source: str, k: int, size: int | None = None) -> int:
@@ -311,6 +339,7 @@ class AdaptiveK:
     def plan(self, source: str) -> tuple[int, float]:
         """The best k for `source` and its expected rate (a k = 0 winner is probed with
         k = 1 now and then)."""
+        source = self._key(source)
         rates = [self.rate(source, k) for k in range(self.k_max + 1)]
         k_best = max(range(1, len(rates)), key=rates.__getitem__, default=0)
         # against plain decoding's rate (the margin pays for what the calibration cannot see)
@@ -328,6 +357,7 @@ class AdaptiveK:
         """What a failed probe of `source` costs beyond the plain step it replaces, in plain
         steps: verifying 2 tokens instead of 1, and the draft's forward over the tokens it
         skipped while benched (about one per idle round)."""
+        source = self._key(source)
         verify = self.costs.forward(padded_tokens(self.costs, 1), 1) - self.costs.verify[0]
         catch_up = 0.0 if self._free(source) else self.costs.draft_forward(self.idle.get(source, 0) + 1)
         return (verify + catch_up) / self.costs.verify[0]
@@ -343,7 +373,7 @@ class AdaptiveK:
         rest for 40 tokens and more (host E, greedy csv-sum: 50 of 66 rounds plain, while the
         draft's chains, once probed, had 75% accepted). One failed probe costs under one
         plain step."""
-        return source not in self.probed or self._within_budget(self.saved - self.probe_price(source))
+        return self._key(source) not in self.probed or self._within_budget(self.saved - self.probe_price(source))
 
     def _within_budget(self, saved: float) -> bool:
         """Whether a generation that saved `saved` plain steps (negative: lost) stays within
@@ -380,7 +410,7 @@ class AdaptiveK:
         no longer runs to k_max for nothing. A probe stays one token, and a generation that
         the ledger shows behind plain decoding by more than the exploring budget (`in_red`)
         drafts its planned k and no further, so one round can lose no more than its plan."""
-        if k <= 0 or source in self.probing:
+        if k <= 0 or self._key(source) in self.probing:
             return k, 0.0
         if self.in_red():
             return k, self.stop_below
@@ -402,6 +432,7 @@ class AdaptiveK:
         whether siblings were tried at the rejected position and one was the correction."""
         if k == 0:
             return
+        source = self._key(source)
         if sibling is not None:
             counts = self.sibling_counts.setdefault(source, [0.0, 0.0])
             counts[0] = counts[0] * self.decay + sibling

@@ -66,3 +66,22 @@ class TextStream:
 
     def finalize(self) -> str:
         return self._new_text(final=True)
+
+
+class CodeFences:
+    """Whether a reply's text so far is inside a fenced code block (an odd number of ```
+    fences): where a reply turns from prose to code, a draft's agreement with the target
+    changes with it (a draft that missed a reply's opening words often gets its code right)."""
+
+    FENCE = "```"
+
+    def __init__(self):
+        self.text = ""
+
+    def feed(self, segment: str) -> None:
+        self.text += segment
+
+    @property
+    def regime(self) -> str:
+        """"code" inside a fenced block, else "prose"."""
+        return "code" if self.text.count(self.FENCE) % 2 else "prose"
