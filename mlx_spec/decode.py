@@ -280,7 +280,8 @@ class Engine:
                 stats.prompt_time += spent
                 start += spent  # prompt time, not generation time
                 waiting = False
-            self.policy.enter(fences.regime)
+            regime = fences.regime
+            self.policy.enter(regime)
             t0 = time.perf_counter()
             proposal, shadows = self._propose(sampling, rng, max_tokens - generated - 1, paid=not waiting)
             t1 = time.perf_counter()
@@ -339,7 +340,7 @@ class Engine:
             forwards = proposal.forwards if proposal else ()
             self.policy.settle(len(committed), size, forwards)
             stats.record_round(proposal.source if proposal else None, k, n_accepted, len(committed),
-                               forwards, size, committed, (t1 - t0, t2 - t1))
+                               forwards, size, committed, (t1 - t0, t2 - t1), regime)
             stats.sibling_hits += from_tree
             t3 = time.perf_counter()
             stats.draft_time += t1 - t0

@@ -42,17 +42,20 @@ class Stats:
 
     def record_round(self, source: str | None, k: int, n: int, emitted: int,
                      forwards: tuple[int, ...] = (), verified: int | None = None,
-                     tokens: list[int] | None = None, seconds: tuple[float, float] | None = None) -> None:
+                     tokens: list[int] | None = None, seconds: tuple[float, float] | None = None,
+                     regime: str | None = None) -> None:
         """One round: its proposal's source, k drafted, n accepted, tokens emitted, the
         token counts of the draft forwards that made the proposal, and the tokens the
         verification fed (padding and siblings included; None: k + 1). When tracing, the
-        round's record also keeps the `tokens` it emitted and `seconds` (proposing, verifying)."""
+        round's record also keeps the `tokens` it emitted, `seconds` (proposing, verifying)
+        and the `regime` of the text it continued (prose, or code inside a fenced block)."""
         if self.trace is not None:
             self.trace.append({
                 "source": source or "none", "k": k, "accepted": n, "emitted": emitted,
                 "tokens": list(tokens or ()), "draft_forwards": list(forwards),
                 "verified": k + 1 if verified is None else verified,
                 "propose_s": seconds[0] if seconds else None, "verify_s": seconds[1] if seconds else None,
+                "regime": regime,
             })
         self.rounds += 1
         self.draft_forwards.update(forwards)

@@ -8,6 +8,7 @@ from conftest import ByteTokenizer, random_llama
 from mlx_spec.decode import Engine
 from mlx_spec.policy import AdaptiveK, Costs, FixedK
 from mlx_spec.sampling import SamplingParams
+from mlx_spec.stats import Stats
 from mlx_spec.text import CodeFences
 
 # verifying costs little more than a plain step, so a draft the policy trusts is drafted
@@ -104,7 +105,10 @@ def test_the_engine_tells_the_policy_the_regime_of_each_round():
     j = next(i for i in range(1, len(tokens)) if tokens[i] not in tokens[:i])
     policy = RegimeRecorder()
     engine = Engine(model, FenceTokenizer(tokens[j]), policy=policy)
-    assert [t for step in engine.decode(prompt, sampling=sampling, max_tokens=24) for t in step.tokens] == tokens
+    stats = Stats(trace=[])
+    steps = engine.decode(prompt, sampling=sampling, max_tokens=24, stats=stats)
+    assert [t for step in steps for t in step.tokens] == tokens
     # round r (one token each) is entered with tokens[:r] decoded
     expected = ["code" if tokens[:r].count(tokens[j]) % 2 else "prose" for r in range(len(tokens))]
     assert policy.regimes == expected and "code" in expected and "prose" in expected[j + 1:]
+    assert [record["regime"] for record in stats.trace] == expected  # what --trace shows
