@@ -243,9 +243,10 @@ class AdaptiveK:
         ledger is shared): where a reply turns to code, a draft benched on its prose opening
         starts from the prior again, and where it turns back, what was learned on its prose
         applies. Traced greedy on add-types (host E), the draft's first two chains were
-        rejected at their first token ("Here is" for "Here's"), the ledger then held it
-        back for the 20 rounds of the first two functions, token by token, and once probed it
-        landed 62 tokens in 25 plain steps. Free sources, scored every round, adapt anyway."""
+        rejected at their first token (the reply's opening words chosen otherwise), the ledger
+        then held it back for the 20 rounds of the first two functions, decoded token by
+        token, and once probed it landed 62 tokens in 25 plain steps. Free sources, scored
+        every round, adapt anyway."""
         self.regime = regime
 
     def _key(self, source: str) -> str:
