@@ -277,7 +277,7 @@ class AdaptiveK:
         return result
 
     def _free(self, source: str) -> bool:
-        return source.split("@")[0].split(":")[0] in self.free_sources
+        return source.split(":")[0] in self.free_sources
 
     def alpha(self, source: str) -> float:
         """Acceptance of the first drafted position."""
