@@ -333,44 +333,91 @@ class DraftModelProposer:
 
 class NgramProposer:
     """Prompt lookup: find the longest recent suffix (max_n down to min_n tokens) earlier in
-    the context, and propose what followed it there."""
+    the context, and propose what followed it there.
+
+    It also learns the reply's renames: where the reply copies earlier text but puts one
+    token X in place of the source's Y (and goes on as the source does for the two tokens
+    after), that is counted, and once seen `renames` times the lookup reads the text with Y
+    for X and proposes the source's continuation with X for Y. A variable renamed throughout
+    a file is then guessed line after line instead of breaking at every use of it."""
 
     name = "ngram"
     free = True
 
-    def __init__(self, max_n: int = 4, min_n: int = 2):
+    def __init__(self, max_n: int = 4, min_n: int = 2, renames: int = 2):
         if not 1 <= min_n <= max_n:
             raise SpecError(f"bad n-gram sizes min_n={min_n}, max_n={max_n}", "need 1 <= min_n <= max_n")
         self.max_n, self.min_n = max_n, min_n
-        self.indexed: list[int] = []
-        self.index: dict[tuple[int, ...], int] = {}  # n-gram -> where its continuation starts
+        self.renames = renames  # times a rename must be seen before it is applied (0: never)
+        self.reset()
 
     def prefill(self, context: list[int]) -> None:
         if common_prefix(self.indexed, context) < len(self.indexed):
-            self.indexed, self.index = [], {}
+            self.reset()
+        self.reply = len(context)  # renames are learned from the text after the prompt
 
     def reset(self) -> None:
-        self.indexed, self.index = [], {}
+        self.indexed: list[int] = []
+        self.index: dict[tuple[int, ...], int] = {}  # n-gram -> where its continuation starts
+        self.reply = 0
+        # per position p: where the longest n-gram ending at p had last occurred (its
+        # continuation start) before p was indexed: the source p's token was copied from
+        self.source: dict[int, int] = {}
+        self.checked = 0  # positions looked at for renames
+        self.seen: dict[tuple[int, int], int] = {}  # (source token, reply token) -> times
+        self.renamed: dict[int, int] = {}  # source token -> the token the reply puts there
+        self.unrenamed: dict[int, int] = {}
 
     def _extend(self, context: list[int]) -> None:
         # Key: an n-gram; value: where its continuation starts. Only n-grams with at least one
         # token after them are indexed, and later occurrences overwrite earlier ones, so the
         # lookup of the context's own suffix finds its most recent earlier occurrence.
         if len(context) < len(self.indexed):
-            self.indexed, self.index = [], {}
+            self.reset()
         for start in range(max(len(self.indexed), 1), len(context)):
+            found, _ = self._lookup(context[max(start - self.max_n, 0) : start], renamed=False)
+            if found is not None:
+                self.source[start] = found
             for n in range(self.min_n, min(self.max_n, start) + 1):
                 self.index[tuple(context[start - n : start])] = start
         self.indexed = list(context)
+        if self.renames:
+            self._learn(context)
+
+    def _learn(self, context: list[int]) -> None:
+        """Count the renames at the positions that now have two tokens after them: the reply
+        took a token other than its source's, then went on as the source did."""
+        for p in range(max(self.checked, self.reply), len(context) - 2):
+            s = self.source.get(p)
+            if s is None or s + 2 >= p or context[s] == context[p]:
+                continue
+            if context[s + 1 : s + 3] == context[p + 1 : p + 3]:
+                pair = (context[s], context[p])
+                self.seen[pair] = self.seen.get(pair, 0) + 1
+                if self.seen[pair] >= self.renames:
+                    self.renamed[pair[0]], self.unrenamed[pair[1]] = pair[1], pair[0]
+        self.checked = max(self.checked, len(context) - 2)
+
+    def _lookup(self, text: list[int], renamed: bool = True) -> tuple[int | None, int]:
+        """(where the continuation of text's longest indexed suffix starts, its length), read
+        with the learned renames undone (`renamed`), or (None, 0)."""
+        if renamed and self.unrenamed:
+            text = [self.unrenamed.get(t, t) for t in text]
+        for n in range(min(self.max_n, len(text)), self.min_n - 1, -1):
+            start = self.index.get(tuple(text[-n:]))
+            if start is not None:
+                return start, n
+        return None, 0
+
+    def _copy(self, context: list[int], start: int, k: int) -> list[int]:
+        found = context[start : start + k]
+        return [self.renamed.get(t, t) for t in found] if self.renamed else found
 
     def match(self, context: list[int], k: int) -> tuple[list[int], int]:
         """(up to k tokens that followed the longest matching suffix, that suffix's length)."""
         self._extend(context)
-        for n in range(min(self.max_n, len(context)), self.min_n - 1, -1):
-            start = self.index.get(tuple(context[-n:]))
-            if start is not None:
-                return context[start : start + k], n
-        return [], 0
+        start, n = self._lookup(context[-self.max_n :])
+        return (self._copy(context, start, k), n) if start is not None else ([], 0)
 
     def continuation(self, context: list[int], drafted: list[int], k: int) -> list[int]:
         """Up to k tokens that followed, earlier in `context`, the longest suffix of
@@ -379,12 +426,8 @@ class NgramProposer:
         if k <= 0:
             return []
         self._extend(context)
-        text = context[-self.max_n :] + list(drafted)
-        for n in range(min(self.max_n, len(text)), self.min_n - 1, -1):
-            start = self.index.get(tuple(text[-n:]))
-            if start is not None:
-                return context[start : start + k]
-        return []
+        start, _ = self._lookup(context[-self.max_n :] + list(drafted))
+        return self._copy(context, start, k) if start is not None else []
 
     def propose(self, context, k, sampling, rng):
         found, n = self.match(context, k) if k > 0 else ([], 0)
