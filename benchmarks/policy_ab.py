@@ -7,7 +7,8 @@ host's drift, the figure to compare variants by) and the k of its rounds.
 Usage: python3 benchmarks/policy_ab.py TEMP CATEGORY PROMPT_IDS SEEDS [--plain] VARIANT
 VARIANT: --uncapped (no chain cap while the ledger is in the red), --no-regimes (a paid
 source learned as one, not per prose and code regime), --no-renames (the n-gram learns no
-renames), --k-max N (A drafts and
+renames), --no-follow (the n-gram takes the latest occurrence, not the one the copy goes on
+from), --k-max N (A drafts and
 verifies up to N tokens a round, calibrated up to N + 1; B the default 15), --reference FILE (the
 AdaptiveK of another policy.py, e.g. `git show a033096:mlx_spec/policy.py > /tmp/policy_a.py`)
 or --reference-proposers FILE (A's draft chain is the DraftModelProposer of another
@@ -53,9 +54,9 @@ def main(argv: list[str]) -> None:
     options = argv[4:]
     variants = [o for o in options[:-1] if o in ("--reference", "--reference-proposers", "--k-max")]
     fixed_k = int(options[options.index("--fixed-k") + 1]) if "--fixed-k" in options[:-1] else None
-    if not {"--uncapped", "--no-regimes", "--no-renames"} & set(options) and not variants:
-        sys.exit("name the variant: --uncapped, --no-regimes, --no-renames, --reference FILE, "
-                 "--reference-proposers FILE or --k-max N")
+    if not {"--uncapped", "--no-regimes", "--no-renames", "--no-follow"} & set(options) and not variants:
+        sys.exit("name the variant: --uncapped, --no-regimes, --no-renames, --no-follow, "
+                 "--reference FILE, --reference-proposers FILE or --k-max N")
     spec = load_registry().get("qwen2.5-coder-1.5b")
     target, draft = load_model(spec.target), load_model(spec.draft)
     arms = ([Arm("plain", "plain")] if "--plain" in options else []) + [
@@ -73,10 +74,10 @@ def main(argv: list[str]) -> None:
         engine.policy.in_red = lambda: False
     if "--no-regimes" in options:  # a fixed k's policy ranks its sources by an AdaptiveK's estimates
         (getattr(engine.policy, "estimates", None) or engine.policy).regimes = False
-    if "--no-renames" in options:
-        for proposer in engine.proposers:
-            if isinstance(proposer, NgramProposer):
-                proposer.renames = 0
+    for proposer in engine.proposers:
+        if isinstance(proposer, NgramProposer):
+            proposer.renames = 0 if "--no-renames" in options else proposer.renames
+            proposer.follow = "--no-follow" not in options
     if "--reference-proposers" in variants:
         module = load_reference(options[options.index("--reference-proposers") + 1], "proposers_reference")
         for proposer in engine.proposers:  # the same state, the other version's methods

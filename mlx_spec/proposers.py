@@ -339,16 +339,22 @@ class NgramProposer:
     token X in place of the source's Y (and goes on as the source does for the two tokens
     after), that is counted, and once seen `renames` times the lookup reads the text with Y
     for X and proposes the source's continuation with X for Y. A variable renamed throughout
-    a file is then guessed line after line instead of breaking at every use of it."""
+    a file is then guessed line after line instead of breaking at every use of it.
+
+    And it follows the copy: where the text's last tokens continue what it copied last (a
+    cursor into the context, moved on with every token that came as the lookup said), that
+    occurrence is taken over the most recent one, so a line that appears twice in the source
+    is continued from the place the reply is copying, not from the other place."""
 
     name = "ngram"
     free = True
 
-    def __init__(self, max_n: int = 4, min_n: int = 2, renames: int = 2):
+    def __init__(self, max_n: int = 4, min_n: int = 2, renames: int = 2, follow: bool = True):
         if not 1 <= min_n <= max_n:
             raise SpecError(f"bad n-gram sizes min_n={min_n}, max_n={max_n}", "need 1 <= min_n <= max_n")
         self.max_n, self.min_n = max_n, min_n
         self.renames = renames  # times a rename must be seen before it is applied (0: never)
+        self.follow = follow  # take the occurrence the copy goes on from (False: the latest)
         self.reset()
 
     def prefill(self, context: list[int]) -> None:
@@ -367,6 +373,7 @@ class NgramProposer:
         self.seen: dict[tuple[int, int], int] = {}  # (source token, reply token) -> times
         self.renamed: dict[int, int] = {}  # source token -> the token the reply puts there
         self.unrenamed: dict[int, int] = {}
+        self.cursor: int | None = None  # where the copy goes on: the next token's source
 
     def _extend(self, context: list[int]) -> None:
         # Key: an n-gram; value: where its continuation starts. Only n-grams with at least one
@@ -374,13 +381,18 @@ class NgramProposer:
         # lookup of the context's own suffix finds its most recent earlier occurrence.
         if len(context) < len(self.indexed):
             self.reset()
-        for start in range(max(len(self.indexed), 1), len(context)):
-            found, _ = self._lookup(context[max(start - self.max_n, 0) : start], renamed=False)
+        done = max(len(self.indexed), 1)
+        self.indexed = list(context)
+        for start in range(done, len(context)):
+            text = context[max(start - self.max_n, 0) : start]
+            found, _ = self._lookup(text, renamed=False, limit=start)
             if found is not None:
                 self.source[start] = found
+            copied, _ = self._lookup(text, limit=start)
+            if copied is not None and self.renamed.get(context[copied], context[copied]) == context[start]:
+                self.cursor = copied + 1
             for n in range(self.min_n, min(self.max_n, start) + 1):
                 self.index[tuple(context[start - n : start])] = start
-        self.indexed = list(context)
         if self.renames:
             self._learn(context)
 
@@ -398,14 +410,22 @@ class NgramProposer:
                     self.renamed[pair[0]], self.unrenamed[pair[1]] = pair[1], pair[0]
         self.checked = max(self.checked, len(context) - 2)
 
-    def _lookup(self, text: list[int], renamed: bool = True) -> tuple[int | None, int]:
+    def _lookup(self, text: list[int], renamed: bool = True, ahead: int = 0,
+                limit: int | None = None) -> tuple[int | None, int]:
         """(where the continuation of text's longest indexed suffix starts, its length), read
-        with the learned renames undone (`renamed`), or (None, 0)."""
+        with the learned renames undone (`renamed`), or (None, 0). The suffix's occurrence
+        that ends `ahead` tokens past the cursor (the copy going on through tokens drafted
+        since) is taken over its most recent one; `limit`: the positions indexed so far."""
         if renamed and self.unrenamed:
             text = [self.unrenamed.get(t, t) for t in text]
+        follow = None if self.cursor is None or not self.follow else self.cursor + ahead
+        limit = len(self.indexed) if limit is None else limit
         for n in range(min(self.max_n, len(text)), self.min_n - 1, -1):
-            start = self.index.get(tuple(text[-n:]))
+            key = tuple(text[-n:])
+            start = self.index.get(key)
             if start is not None:
+                if follow is not None and n <= follow < limit and tuple(self.indexed[follow - n : follow]) == key:
+                    return follow, n
                 return start, n
         return None, 0
 
@@ -426,7 +446,7 @@ class NgramProposer:
         if k <= 0:
             return []
         self._extend(context)
-        start, _ = self._lookup(context[-self.max_n :] + list(drafted))
+        start, _ = self._lookup(context[-self.max_n :] + list(drafted), ahead=len(drafted))
         return self._copy(context, start, k) if start is not None else []
 
     def propose(self, context, k, sampling, rng):

@@ -1,5 +1,6 @@
 """The n-gram learns the reply's renames: a token put in place of the source's, twice, is
-applied to the guesses (looked up with the source's token, proposed with the reply's)."""
+applied to the guesses (looked up with the source's token, proposed with the reply's). And it
+follows the copy: of a line the source holds twice, the place the reply copies from goes on."""
 
 from mlx_spec.proposers import NgramProposer
 
@@ -50,3 +51,25 @@ def test_a_new_conversation_forgets_the_renames():
     ngram, _ = lookup(renames=2)
     ngram.prefill([9, 9, 9])  # not a continuation of what it indexed
     assert ngram.renamed == {} and ngram.seen == {}
+
+
+# a line that appears twice in the source, with other text after each
+TWICE = [1, 2, 3, 4, 5, 6, 20, 21, 7, 8, 3, 4, 5, 6, 30, 31]
+
+
+def test_the_guess_follows_the_place_the_reply_copies_from():
+    ngram = NgramProposer(max_n=3, min_n=2)
+    ngram.prefill(TWICE)
+    # the reply copies the first occurrence: it goes on from there, not from the latest
+    assert ngram.continuation(TWICE + [1, 2, 3, 4, 5, 6], [], 2) == [20, 21]
+    # and through the tokens a chain drafted since
+    assert ngram.continuation(TWICE + [1, 2, 3, 4], [5, 6], 2) == [20, 21]
+
+
+def test_without_a_copy_to_follow_the_latest_occurrence_is_taken():
+    ngram = NgramProposer(max_n=3, min_n=2)
+    ngram.prefill(TWICE)
+    assert ngram.continuation(TWICE + [9, 4, 5, 6], [], 2) == [30, 31]
+    latest = NgramProposer(max_n=3, min_n=2, follow=False)
+    latest.prefill(TWICE)
+    assert latest.continuation(TWICE + [1, 2, 3, 4, 5, 6], [], 2) == [30, 31]
