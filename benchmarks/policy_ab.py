@@ -76,7 +76,8 @@ def main(argv: list[str]) -> None:
         (getattr(engine.policy, "estimates", None) or engine.policy).regimes = False
     for proposer in engine.proposers:
         if isinstance(proposer, NgramProposer):
-            proposer.renames = 0 if "--no-renames" in options else proposer.renames
+            if "--no-renames" in options:
+                proposer.renames = 0
             proposer.follow = "--no-follow" not in options
     if "--reference-proposers" in variants:
         module = load_reference(options[options.index("--reference-proposers") + 1], "proposers_reference")

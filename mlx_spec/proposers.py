@@ -388,7 +388,8 @@ class NgramProposer:
             found, _ = self._lookup(text, renamed=False, limit=start)
             if found is not None:
                 self.source[start] = found
-            copied, _ = self._lookup(text, limit=start)
+            # read with the renames undone (the same lookup while none is learned)
+            copied = self._lookup(text, limit=start)[0] if self.unrenamed else found
             if copied is not None and self.renamed.get(context[copied], context[copied]) == context[start]:
                 self.cursor = copied + 1
             for n in range(self.min_n, min(self.max_n, start) + 1):
