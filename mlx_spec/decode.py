@@ -86,6 +86,8 @@ class Engine:
             self.policy.allow_siblings()
         self.target_vocab = target_vocab
         self.use_kernel = use_kernel
+        # a free source that can guess how a proposal goes on (`_with_tail`)
+        self.guesser = next((p for p in self.proposers if p.free and hasattr(p, "continuation")), None)
         self.context: list[int] = []  # committed tokens; the cache holds all but the last
 
     def reset(self) -> None:
@@ -184,15 +186,36 @@ class Engine:
         tree = plan_tree(proposal.k, [s.shape[0] for s in proposal.siblings], size, proposal.confidences)
         return tree if tree.siblings else None
 
-    def _verify(self, proposal: Proposal | None, sampling: SamplingParams, rng
+    def _size(self, proposal: Proposal | None, sampling: SamplingParams) -> int:
+        """Tokens the round's verification feeds (a larger size than the cheapest only pays
+        with siblings in its rows)."""
+        k = proposal.k if proposal else 0
+        return self.policy.verify_tokens(k, proposal.key if self._siblings_allowed(proposal, sampling) else None)
+
+    def _with_tail(self, proposal: Proposal | None, size: int, sampling: SamplingParams,
+                   k_limit: int) -> Proposal | None:
+        """The proposal extended into the verification's spare rows by a free guess (the
+        n-gram's continuation of context + proposal), where the policy asks for it (a fixed k:
+        its k paid draft steps stay k, the rows past them are fed anyway). One row per drafted
+        position stays for its best sibling. The tail is proposed as any token is, so the
+        round stays lossless; it pays when the whole proposal is accepted."""
+        if proposal is None or self.guesser is None or not getattr(self.policy, "tail", False):
+            return proposal
+        reserve = proposal.k if self._siblings_allowed(proposal, sampling) else 0
+        room = min(size - 1 - proposal.k - reserve, k_limit - proposal.k)
+        if room <= 0:
+            return proposal
+        drafted = proposal.host if proposal.host is not None else proposal.tokens.tolist()
+        tail = self.guesser.continuation(self.context, drafted, room)
+        return proposal.extended(tail, drafted) if tail else proposal
+
+    def _verify(self, proposal: Proposal | None, sampling: SamplingParams, rng, size: int
                 ) -> tuple[mx.array, Tree | None, int]:
-        """Lazy graph: target forward on [last, drafts] (and siblings), acceptance ->
-        [n, extra, drafts..., siblings..., the token after each sibling...]; the tree; the
-        tokens fed."""
+        """Lazy graph: target forward on [last, drafts] (and siblings) padded to `size`
+        tokens, acceptance -> [n, extra, drafts..., siblings..., the token after each
+        sibling...]; the tree; the tokens fed."""
         drafts = proposal.tokens if proposal else mx.zeros((0,), dtype=mx.int32)
         k = drafts.shape[0]
-        # a larger size than the cheapest only pays with siblings in its rows
-        size = self.policy.verify_tokens(k, proposal.key if self._siblings_allowed(proposal, sampling) else None)
         tree = self._tree(proposal, sampling, size)
         inputs = [mx.array(self.context[-1:], dtype=mx.int32), drafts]
         if tree is not None:
@@ -283,9 +306,12 @@ class Engine:
             regime = fences.regime
             self.policy.enter(regime)
             t0 = time.perf_counter()
-            proposal, shadows = self._propose(sampling, rng, max_tokens - generated - 1, paid=not waiting)
+            k_limit = max_tokens - generated - 1
+            proposal, shadows = self._propose(sampling, rng, k_limit, paid=not waiting)
+            size = self._size(proposal, sampling)
+            proposal = self._with_tail(proposal, size, sampling, k_limit)
             t1 = time.perf_counter()
-            graph, tree, size = self._verify(proposal, sampling, rng)
+            graph, tree, size = self._verify(proposal, sampling, rng, size)
             values = host_sync(graph)
             t2 = time.perf_counter()
             stats.host_syncs += 1
@@ -342,6 +368,9 @@ class Engine:
             stats.record_round(proposal.source if proposal else None, k, n_accepted, len(committed),
                                forwards, size, committed, (t1 - t0, t2 - t1), regime)
             stats.sibling_hits += from_tree
+            if proposal is not None and proposal.tail:
+                stats.tail_proposed += proposal.tail
+                stats.tail_accepted += max(n_accepted - (k - proposal.tail), 0)
             t3 = time.perf_counter()
             stats.draft_time += t1 - t0
             stats.verify_time += t2 - t1

@@ -128,13 +128,17 @@ class FixedK:
     With the machine's costs it still chooses, each round, which source proposes the k tokens
     (the draft, an n-gram guess), by the same expected rate as
     AdaptiveK, and verifies padded to the cheapest measured size. Without costs the sources
-    keep their order and nothing is padded.
+    keep their order and nothing is padded. The padding rows past the k tokens and one sibling
+    per position go to a free guess at how the proposal goes on (`tail`: the n-gram's
+    continuation, decode.Engine._with_tail): k paid draft steps a round, as mlx-lm's k, and
+    the rows fed anyway try the text's repeats.
     """
 
-    def __init__(self, k: int, costs: Costs | None = None):
+    def __init__(self, k: int, costs: Costs | None = None, tail: bool = True):
         if k < 0:
             raise SpecError(f"k must be >= 0, got {k}", "use --k 4, or --adaptive")
         self.k = self.k_max = k
+        self.tail = tail
         self.costs = costs
         self.estimates = AdaptiveK(costs, k_max=max(k, 1)) if costs is not None and k > 0 else None
 

@@ -40,6 +40,7 @@ class Proposal:
     forwards: tuple[int, ...] = ()
     siblings: list[mx.array] | None = None
     confidences: list[float] | None = None  # the draft's probability of each token, when read
+    tail: int = 0  # the last `tail` tokens are a free guess that extends the proposal (`extended`)
 
     def __post_init__(self):
         self.key = self.key or self.source
@@ -55,7 +56,24 @@ class Proposal:
         host = self.host[:k] if self.host is not None else None
         siblings = self.siblings[:k] if self.siblings is not None else None
         confidences = self.confidences[:k] if self.confidences is not None else None
-        return Proposal(self.tokens[:k], q, self.source, self.key, host, self.forwards, siblings, confidences)
+        tail = max(self.tail - (self.k - k), 0)
+        return Proposal(self.tokens[:k], q, self.source, self.key, host, self.forwards, siblings, confidences, tail)
+
+    def extended(self, tail: list[int], drafted: list[int]) -> "Proposal":
+        """This proposal followed by `tail`, a free guess at how it goes on (an n-gram
+        lookup; `drafted`: this proposal's tokens, read on the host). The guess is one-hot: a
+        q row of 1 at its token (the target accepts it with probability p(token)), no
+        runners-up, and it costs no draft forward."""
+        tokens = mx.concatenate([self.tokens, mx.array(tail, dtype=mx.int32)])
+        q = self.q
+        if q is not None:
+            rows = mx.zeros((len(tail), q.shape[-1]), dtype=q.dtype)
+            q = mx.concatenate([q, mx.put_along_axis(rows, mx.array(tail)[:, None], mx.array(1, q.dtype), axis=-1)])
+        siblings = None
+        if self.siblings is not None:
+            siblings = list(self.siblings) + [mx.zeros((0,), dtype=mx.int32)] * len(tail)
+        return Proposal(tokens, q, self.source, self.key, drafted + tail, self.forwards, siblings,
+                        self.confidences, self.tail + len(tail))
 
 
 class Proposer(Protocol):

@@ -22,6 +22,8 @@ class Stats:
     drafted: int = 0  # proposed tokens, all rounds
     accepted: int = 0  # proposed tokens the target accepted
     sibling_hits: int = 0  # rounds whose extra token was a sibling: one more token from the tree
+    tail_proposed: int = 0  # free guessed tokens that extended proposals (a fixed k's spare rows)
+    tail_accepted: int = 0  # of them, accepted
     proposed_by_position: list[int] = field(default_factory=list)
     accepted_by_position: list[int] = field(default_factory=list)
     k_counts: Counter = field(default_factory=Counter)
@@ -154,6 +156,8 @@ class Stats:
             "acceptance_rate": self.acceptance_rate,
             "acceptance_by_position": self.acceptance_by_position,
             "sibling_hits": self.sibling_hits,
+            "tail_proposed": self.tail_proposed,
+            "tail_accepted": self.tail_accepted,
             "mean_k": self.mean_k,
             "k_counts": {str(k): v for k, v in sorted(self.k_counts.items())},
             "rounds_by_source": dict(self.rounds_by_source),

@@ -142,6 +142,9 @@ def make_engine(target, draft, proposer: str, k: int):
         return Engine(target, ByteTokenizer(), [DraftModelProposer(draft, VOCAB)], policy=StopEarly(k))
     if proposer == "jump":
         return Engine(target, ByteTokenizer(), [jumping_draft(draft)], policy=ReadEvery(k))
+    if proposer == "tail":  # the n-gram's guess extends the draft's k tokens into the spare rows
+        return Engine(target, ByteTokenizer(), [NgramProposer(max_n=2, min_n=1), DraftModelProposer(draft, VOCAB)],
+                      policy=padded(k))
     proposers = {
         "draft": [DraftModelProposer(draft, VOCAB)] if draft is not None else [],
         "subset": [DraftModelProposer(draft, VOCAB, SubsetHead.build(draft, SUBSET))],
@@ -155,7 +158,8 @@ def make_engine(target, draft, proposer: str, k: int):
     "proposer,k,setting",
     [("draft", 2, "t1"), ("draft", 3, "t0.7-top_p"), ("draft", 2, "top_k-min_p"), ("ngram", 3, "t1"),
      ("plain", 0, "t1"), ("subset", 3, "t1"), ("stop", 3, "t1"),
-     ("jump", 3, "t1"), ("jump", 3, "t0.7-top_p"), ("tree", 1, "t1"), ("tree", 2, "t0.7-top_p")],
+     ("jump", 3, "t1"), ("jump", 3, "t0.7-top_p"), ("tree", 1, "t1"), ("tree", 2, "t0.7-top_p"),
+     ("tail", 1, "t1"), ("tail", 1, "t0.7-top_p")],
 )
 def test_sampled_output_follows_target_distribution(target, draft, proposer, k, setting):
     params = SETTINGS[setting]
@@ -163,7 +167,7 @@ def test_sampled_output_follows_target_distribution(target, draft, proposer, k, 
     engine = make_engine(target, draft, proposer, k)
     # a subset head learns tokens as they are committed: start every run from its base subset
     counts = empirical_counts(engine, lambda seed: SamplingParams(seed=seed, **params), fresh=proposer == "subset",
-                              extra=1 if proposer in ("stop", "jump") else 0)
+                              extra={"stop": 1, "jump": 1, "tail": 2}.get(proposer, 0))
     stat, dof = chi_square(counts, exact)
     assert stat < bound(dof), f"chi-square {stat:.1f} with {dof} dof"
 
@@ -221,6 +225,18 @@ def test_the_jumping_harness_does_jump(target, draft):
     assert drafter.jumps > 0
     assert drafter.jumped > 0  # some draws took the guess
     assert drafter.jumped < 2 * drafter.jumps  # guesses are 1..2 tokens: not all were taken
+
+
+def test_the_tail_harness_extends_proposals(target, draft):
+    """The "tail" cases above test the free tail only if rounds carry one, and the target
+    accepts some of its tokens and rejects others."""
+    engine = make_engine(target, draft, "tail", 1)
+    proposed = accepted = 0
+    for seed in range(40):
+        for step in engine.decode(PROMPT, sampling=SamplingParams(seed=seed, **SETTINGS["t1"]), max_tokens=LENGTH + 2):
+            pass
+        proposed, accepted = proposed + step.stats.tail_proposed, accepted + step.stats.tail_accepted
+    assert 0 < accepted < proposed
 
 
 def wrong_accept_sampled(p, q, drafts, u):
