@@ -74,21 +74,32 @@ SOURCE_COLUMNS = ["temp", "category", "arm", "source", "rounds", "τ", "accepted
 def source_rows(result: dict) -> list[list[str]]:
     """Per temperature, category and mlx-spec arm, each source's rounds (share), τ and
     acceptance, summed over the category's prompts from the runs' `by_source` statistics
-    (results recorded before it existed have none: no rows)."""
+    (results recorded before it existed have none: no rows). A fixed k's free tail (the
+    n-gram's tokens past the k proposed, counted in its source's rounds too) gets a row of its
+    own: its tokens and the share accepted."""
     totals: dict[tuple, dict[str, dict[str, float]]] = {}
+    tails: dict[tuple, list[int]] = {}
     for run in (r for r in result["runs"] if r.get("kind") == "spec"):
-        for source, row in ((run.get("stats") or {}).get("by_source") or {}).items():
-            key = (str(run["temperature"]), run["category"], run["arm"])
+        stats = run.get("stats") or {}
+        key = (str(run["temperature"]), run["category"], run["arm"])
+        for source, row in (stats.get("by_source") or {}).items():
             total = totals.setdefault(key, {}).setdefault(source, dict.fromkeys(("rounds", "tokens", "drafted", "accepted"), 0))
             for field in total:
                 total[field] += row[field]
+        if stats.get("tail_proposed"):
+            tail = tails.setdefault(key, [0, 0])
+            tail[0], tail[1] = tail[0] + stats["tail_proposed"], tail[1] + stats.get("tail_accepted", 0)
     rows = []
-    for (temperature, category, arm), sources in sorted(totals.items()):
+    for key, sources in sorted(totals.items()):
+        temperature, category, arm = key
         rounds = sum(t["rounds"] for t in sources.values())
         for source, t in sorted(sources.items()):
             rows.append([temperature, category, arm, source, f"{t['rounds']} ({t['rounds'] / rounds:.0%})",
                          f"{t['tokens'] / t['rounds']:.2f}",
                          f"{t['accepted'] / t['drafted']:.0%}" if t["drafted"] else "—", str(t["drafted"])])
+        if key in tails:
+            proposed, accepted = tails[key]
+            rows.append([temperature, category, arm, "free tail", "—", "—", f"{accepted / proposed:.0%}", str(proposed)])
     return rows
 
 

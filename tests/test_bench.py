@@ -201,6 +201,11 @@ def test_reports_show_where_each_spec_arms_tokens_came_from(result):
     old = {**result, "runs": [{**r, "stats": {k: v for k, v in (r["stats"] or {}).items() if k != "by_source"}}
                               for r in result["runs"]]}
     assert "tokens came from" not in summary_markdown(old)
+    # a fixed k's free tail gets a row of its own, summed over the category's prompts
+    assert "free tail" not in summary
+    tailed = {**result, "runs": [{**r, "stats": {**r["stats"], "tail_proposed": 10, "tail_accepted": 4}}
+                                 if r in runs else r for r in result["runs"]]}
+    assert f"| 0.0 | code | mlx-spec k=3 | free tail | — | — | 40% | {10 * len(runs)} |" in summary_markdown(tailed)
 
 
 def test_summary_table_shows_the_worst_prompt_beside_the_median(result):
