@@ -8,8 +8,8 @@ Usage: python3 benchmarks/policy_ab.py TEMP CATEGORY PROMPT_IDS SEEDS [--plain] 
 VARIANT: --uncapped (no chain cap while the ledger is in the red), --no-regimes (a paid
 source learned as one, not per prose and code regime), --no-renames (the n-gram learns no
 renames), --no-follow (the n-gram takes the latest occurrence, not the one the copy goes on
-from), --no-tail (a fixed k's spare verification rows get no free n-gram tail), --tail (the
-adaptive policy's rounds get one), --k-max N (A drafts and
+from), --no-tail (a fixed k's spare verification rows get no free n-gram tail), --tail-bar X (a
+fixed k's tail wherever the n-gram's first-token acceptance reaches X; 0: always), --k-max N (A drafts and
 verifies up to N tokens a round, calibrated up to N + 1; B the default 15), --reference FILE (the
 AdaptiveK of another policy.py, e.g. `git show a033096:mlx_spec/policy.py > /tmp/policy_a.py`)
 or --reference-proposers FILE (A's draft chain is the DraftModelProposer of another
@@ -53,11 +53,11 @@ def main(argv: list[str]) -> None:
         sys.exit(__doc__)
     temp, category, wanted, seeds = float(argv[0]), argv[1], argv[2].split(","), [int(s) for s in argv[3].split(",")]
     options = argv[4:]
-    variants = [o for o in options[:-1] if o in ("--reference", "--reference-proposers", "--k-max")]
+    variants = [o for o in options[:-1] if o in ("--reference", "--reference-proposers", "--k-max", "--tail-bar")]
     fixed_k = int(options[options.index("--fixed-k") + 1]) if "--fixed-k" in options[:-1] else None
-    if not {"--uncapped", "--no-regimes", "--no-renames", "--no-follow", "--no-tail", "--tail"} & set(options) and not variants:
-        sys.exit("name the variant: --uncapped, --no-regimes, --no-renames, --no-follow, --no-tail, --tail, "
-                 "--reference FILE, --reference-proposers FILE or --k-max N")
+    if not {"--uncapped", "--no-regimes", "--no-renames", "--no-follow", "--no-tail"} & set(options) and not variants:
+        sys.exit("name the variant: --uncapped, --no-regimes, --no-renames, --no-follow, --no-tail, "
+                 "--reference FILE, --reference-proposers FILE, --k-max N or --tail-bar X")
     spec = load_registry().get("qwen2.5-coder-1.5b")
     target, draft = load_model(spec.target), load_model(spec.draft)
     arms = ([Arm("plain", "plain")] if "--plain" in options else []) + [
@@ -71,8 +71,10 @@ def main(argv: list[str]) -> None:
         engine.policy = AdaptiveK(calibrate(target.model, draft.model, k_max=k_max), k_max)
     if engine.tree and {"--reference", "--k-max"} & set(variants):  # a policy of A's own
         engine.policy.allow_siblings()
-    if "--no-tail" in options or "--tail" in options:
-        engine.policy.tail = "--tail" in options
+    if "--no-tail" in options:
+        engine.policy.tail = False
+    if "--tail-bar" in variants:
+        engine.policy.tail_bar = float(options[options.index("--tail-bar") + 1])
     if "--uncapped" in options:
         engine.policy.in_red = lambda: False
     if "--no-regimes" in options:  # a fixed k's policy ranks its sources by an AdaptiveK's estimates

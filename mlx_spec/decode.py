@@ -87,7 +87,7 @@ class Engine:
         self.target_vocab = target_vocab
         self.use_kernel = use_kernel
         # a free source that can guess how a proposal goes on (`_with_tail`)
-        self.guesser = next((p for p in self.proposers if p.free and hasattr(p, "continuation")), None)
+        self.guesser = next((p for p in self.proposers if p.free and hasattr(p, "continuation_match")), None)
         self.context: list[int] = []  # committed tokens; the cache holds all but the last
 
     def reset(self) -> None:
@@ -198,16 +198,20 @@ class Engine:
         n-gram's continuation of context + proposal), where the policy asks for it (a fixed k:
         its k paid draft steps stay k, the rows past them are fed anyway). One row per drafted
         position stays for its best sibling. The tail is proposed as any token is, so the
-        round stays lossless; it pays when the whole proposal is accepted."""
-        if proposal is None or self.guesser is None or not getattr(self.policy, "tail", False):
+        round stays lossless; it pays when the whole proposal is accepted (the policy may keep
+        the rows for the siblings where the n-gram's guesses of its kind fail: `tail_worth`)."""
+        worth = getattr(self.policy, "tail_worth", None)
+        if proposal is None or self.guesser is None or worth is None or not worth():
             return proposal
         reserve = proposal.k if self._siblings_allowed(proposal, sampling) else 0
         room = min(size - 1 - proposal.k - reserve, k_limit - proposal.k)
         if room <= 0:
             return proposal
         drafted = proposal.host if proposal.host is not None else proposal.tokens.tolist()
-        tail = self.guesser.continuation(self.context, drafted, room)
-        return proposal.extended(tail, drafted) if tail else proposal
+        tail, n = self.guesser.continuation_match(self.context, drafted, room)
+        if not tail or not worth(f"{self.guesser.name}:{n}"):
+            return proposal
+        return proposal.extended(tail, drafted)
 
     def _verify(self, proposal: Proposal | None, sampling: SamplingParams, rng, size: int
                 ) -> tuple[mx.array, Tree | None, int]:

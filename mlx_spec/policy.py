@@ -24,6 +24,10 @@ from mlx_spec.errors import SpecError
 
 
 CEILING_ALPHAS = (1.0, 0.9, 0.8, 0.7, 0.6)  # acceptance rates at which reports give the ceiling
+# A fixed k's n-gram tail takes rows the siblings would have had; with a bar above 0, only
+# where the n-gram's guesses of its kind have been accepted at least that often. Off: on host E
+# a bar of 0.3 gave a sampled story +14% and cost greedy rename-var 4.5% (benchmarks/NOTES.md).
+TAIL_BAR = 0.0
 
 
 @dataclass
@@ -131,14 +135,15 @@ class FixedK:
     keep their order and nothing is padded. The padding rows past the k tokens and one sibling
     per position go to a free guess at how the proposal goes on (`tail`: the n-gram's
     continuation, decode.Engine._with_tail): k paid draft steps a round, as mlx-lm's k, and
-    the rows fed anyway try the text's repeats.
+    the rows fed anyway try the text's repeats (`tail_worth` may keep them for the siblings
+    where the n-gram's guesses have not been landing: `tail_bar`, off by default).
     """
 
-    def __init__(self, k: int, costs: Costs | None = None, tail: bool = True):
+    def __init__(self, k: int, costs: Costs | None = None, tail: bool = True, tail_bar: float = TAIL_BAR):
         if k < 0:
             raise SpecError(f"k must be >= 0, got {k}", "use --k 4, or --adaptive")
         self.k = self.k_max = k
-        self.tail = tail
+        self.tail, self.tail_bar = tail, tail_bar
         self.costs = costs
         self.estimates = AdaptiveK(costs, k_max=max(k, 1)) if costs is not None and k > 0 else None
 
@@ -153,6 +158,18 @@ class FixedK:
         if self.estimates and source is not None:
             return self.estimates.verify_tokens(k, source)
         return padded_tokens(self.costs, k)
+
+    def tail_worth(self, key: str | None = None) -> bool:
+        """Whether an n-gram tail matched as `key` ("ngram:n"; None: of any length) is worth
+        the rows it takes from the siblings: the first-token acceptance of the n-gram's
+        guesses of that kind (scored every round, shadowed when they lose) at or above
+        `tail_bar`. Without costs (nothing padded) any tail is."""
+        if not self.tail:
+            return False
+        if self.estimates is None or self.tail_bar <= 0:
+            return True
+        keys = [key] if key else [k for k in self.estimates.counts if self.estimates._free(k)]
+        return any(self.estimates.alpha(k) >= self.tail_bar for k in keys)
 
     def chain(self, source: str, k: int) -> tuple[int, float]:
         """(k, 0.0): a fixed k is drafted in full, never stopped early."""

@@ -462,11 +462,15 @@ class NgramProposer:
         """Up to k tokens that followed, earlier in `context`, the longest suffix of
         context + drafted: a guess at how a draft chain goes on. Only the committed context
         is indexed; drafted tokens, which a round may reject, are looked up, never indexed."""
+        return self.continuation_match(context, drafted, k)[0]
+
+    def continuation_match(self, context: list[int], drafted: list[int], k: int) -> tuple[list[int], int]:
+        """(`continuation`, the length of the suffix it matched; 0 when none)."""
         if k <= 0:
-            return []
+            return [], 0
         self._extend(context)
-        start, _ = self._lookup(context[-self.max_n :] + list(drafted), ahead=len(drafted))
-        return self._copy(context, start, k) if start is not None else []
+        start, n = self._lookup(context[-self.max_n :] + list(drafted), ahead=len(drafted))
+        return (self._copy(context, start, k), n) if start is not None else ([], 0)
 
     def propose(self, context, k, sampling, rng):
         found, n = self.match(context, k) if k > 0 else ([], 0)

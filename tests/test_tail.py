@@ -97,6 +97,7 @@ def test_the_tail_fills_the_rows_left_after_one_sibling_per_draft(models):
     target, draft = models
     eng = engine(target, draft, FixedK(2, costs()))
     eng.context = list(range(1, 12)) + [1, 2]  # "1 2" was followed by 3 4 5 6 7 8 9 10 11
+    eng.policy.update("ngram:2", 2, 2)  # the n-gram's 2-token matches have been landing
     runners = [mx.array([12, 13], dtype=mx.int32)] * 2
     drafted = Proposal(mx.array([3, 4], dtype=mx.int32), None, "draft", siblings=runners)
     greedy = SamplingParams()
@@ -122,6 +123,25 @@ def test_rejected_tail_tokens_leave_the_output_the_targets(models):
     tokens, stats = decode(eng, 40)
     assert tokens == plain(target, 40)
     assert 0 < stats.tail_accepted < stats.tail_proposed
+
+
+def test_the_tail_goes_only_where_the_ngrams_guesses_land(models):
+    target, draft = models
+    policy = FixedK(2, costs(), tail_bar=0.3)
+    assert not policy.tail_worth()  # nothing learned yet
+    policy.update("ngram:3", 2, 0)
+    policy.update("ngram:3", 2, 0)  # 3-token matches: guessed wrong twice
+    policy.update("ngram:2", 2, 2)
+    assert policy.tail_worth() and policy.tail_worth("ngram:2") and not policy.tail_worth("ngram:3")
+    eng = engine(target, draft, policy)
+    guess = Proposal(mx.array([4], dtype=mx.int32), None, "ngram", host=[4])
+    eng.context = [1, 2, 3, 4, 5, 6, 7, 8, 2, 3]  # + 4: "2 3 4" matches, 3 tokens
+    assert eng._with_tail(guess, 8, SamplingParams(), 20).k == 1
+    eng.context = [1, 2, 3, 4, 5, 6, 7, 8, 9, 3]  # + 4: "3 4" matches, 2 tokens
+    assert eng._with_tail(guess, 8, SamplingParams(), 20).tokens.tolist() == [4, 5, 6, 7, 8, 9, 3]
+    policy.tail_bar = 0.0  # no bar: a tail wherever the n-gram has one
+    eng.context = [1, 2, 3, 4, 5, 6, 7, 8, 2, 3]
+    assert eng._with_tail(guess, 8, SamplingParams(), 20).tokens.tolist() == [4, 5, 6, 7, 8, 2, 3]
 
 
 def test_no_tail_without_spare_rows_a_guesser_or_a_fixed_k(models):
