@@ -1,7 +1,7 @@
 """Put OpenBLAS in front of MLX's bundled reference BLAS on the Linux CPU backend.
 
 Must run before `mlx.core` is first imported: MLX's `cblas_sgemm` calls then resolve to
-OpenBLAS (docs/platform.md: 4-6x faster, and batched matmuls stop costing linearly in T).
+OpenBLAS (../shared/docs/platform.md: 4-6x faster, and batched matmuls stop costing linearly in T).
 Which kernels OpenBLAS runs (its core type: its own pick for the CPU, or OPENBLAS_CORETYPE's)
 is recorded too: on one CPU they change what a verification costs against a plain step.
 """

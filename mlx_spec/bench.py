@@ -1,6 +1,6 @@
 """Benchmark runner: arms measured interleaved in one process, ratios against plain decoding.
 
-Protocol (docs/benchmarking.md): warm up every arm, then for each prompt and repeat run the
+Protocol (../shared/docs/benchmarking.md): warm up every arm, then for each prompt and repeat run the
 arms one after another with the same token budget and seed, and report medians of per-pair
 ratios. The order turns round from one prompt to the next (A B C, C B A, A B C ...): on a
 host whose speed drifts, a drift that favours the later arms on one prompt favours the earlier

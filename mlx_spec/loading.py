@@ -1,6 +1,6 @@
 """Load one model (target or draft) from any reference, in the dtype that is fast here.
 
-On the CPU backend float32 is the BLAS path (docs/platform.md): half-precision weights are cast
+On the CPU backend float32 is the BLAS path (../shared/docs/platform.md): half-precision weights are cast
 and quantized ones dequantized. On Metal/CUDA the checkpoint's dtype or quantization is kept.
 """
 

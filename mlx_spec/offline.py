@@ -22,7 +22,7 @@ SOURCE_KIND = "pypi-gguf"  # the models.toml `source` of the pair this module pr
 
 @dataclass(frozen=True)
 class GGUFParts:
-    """One GGUF file split over wheels `<package>1` ... `<package><parts>` (docs/offline-models.md)."""
+    """One GGUF file split over wheels `<package>1` ... `<package><parts>` (../shared/docs/offline-models.md)."""
 
     package: str
     version: str
