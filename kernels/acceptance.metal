@@ -21,14 +21,23 @@ template <typename T> ACC_DEVICE float acc_round_to(float x) {
   return static_cast<float>(static_cast<T>(x));
 }
 
+// NaN by its bits: fast math may fold x != x to false.
+ACC_DEVICE bool acc_is_nan(float x) { return (as_type<uint>(x) & 0x7fffffffu) > 0x7f800000u; }
+
 // ==== common ====
 // Loads each thread issues before comparing any: keeps several reads of a row in flight.
 #define ACC_UNROLL 4
 
 ACC_DEVICE int acc_min(int a, int b) { return a < b ? a : b; }
 
-// Greedy order: the higher value wins, then the lower id (plain greedy decoding's tie-break).
+// Greedy order: the higher value wins, then the lower id (plain greedy decoding's tie-break);
+// a NaN beats every number, as in MLX's argmax (the first NaN is its argmax).
 ACC_DEVICE bool acc_better(float value, int id, float best, int best_id) {
+  const bool value_nan = acc_is_nan(value);
+  const bool best_nan = acc_is_nan(best);
+  if (value_nan || best_nan) {
+    return value_nan && (!best_nan || id < best_id);
+  }
   return value > best || (value == best && id < best_id);
 }
 

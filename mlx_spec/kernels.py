@@ -7,6 +7,7 @@ None on the CPU backend or when MLX_SPEC_REFERENCE_ACCEPT=1 forces the pure-MLX 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from functools import lru_cache
@@ -24,6 +25,9 @@ SOURCE_FILES = {"metal": "acceptance.metal", "cuda": "acceptance.cu"}
 # limit, which can fall below 1024 with register use; 512 keeps a margin. CUDA blocks take 1024.
 THREADS = {"metal": 512, "cuda": 1024}
 KERNEL_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
+# MLX's Metal binding puts inputs of fewer than 8 elements in the constant address space, so
+# the generated source (and a recompile) would change as k crosses 7; short inputs are padded.
+MIN_INPUT = 8
 _SECTION = re.compile(r"^// ==== (\w+) ====\n", re.M)
 
 
@@ -83,8 +87,11 @@ def _build(backend: str, greedy: bool) -> Callable:
     sections = load_source(backend)
     make = mx.fast.metal_kernel if backend == "metal" else mx.fast.cuda_kernel
     name = "accept_greedy" if greedy else "accept_sampled"
+    # MLX caches compiled CUDA kernels on disk by name: the source's hash in the name keeps an
+    # edited or upgraded kernel from reusing the old one.
+    digest = hashlib.sha256((sections["header"] + sections[name]).encode()).hexdigest()[:12]
     kernel = make(
-        name=f"mlx_spec_{name}",
+        name=f"mlx_spec_{name}_{digest}",
         input_names=["target", "drafts"] if greedy else ["target", "q", "drafts", "u"],
         output_names=["out_n", "out_extra"],
         source=sections[name],
@@ -97,7 +104,15 @@ def _build(backend: str, greedy: bool) -> Callable:
 @lru_cache(maxsize=None)
 def _placeholder(dtype: mx.Dtype) -> mx.array:
     # Stands in for an absent input (no drafts at k = 0, no q for n-gram proposals); never read.
-    return mx.zeros((1,), dtype=dtype)
+    return mx.zeros((MIN_INPUT,), dtype=dtype)
+
+
+def _padded(x: mx.array, dtype: mx.Dtype) -> mx.array:
+    """x as `dtype`, zero-padded to MIN_INPUT elements (the kernels read only the first k or
+    k + 1, from the target's row count)."""
+    x = x.astype(dtype)
+    short = MIN_INPUT - x.size
+    return mx.concatenate([x, mx.zeros((short,), dtype=dtype)]) if short > 0 else x
 
 
 def _run(kernel, inputs: list, template: list, threads: int) -> tuple[mx.array, mx.array]:
@@ -122,7 +137,7 @@ def _greedy_launcher(kernel, threads: int) -> Callable:
         ):
             return acceptance.accept_greedy(target_logits, drafts)  # shapes the kernel skips
         target = target_logits[: k + 1]
-        ids = drafts.astype(mx.int32) if k > 0 else _placeholder(mx.int32)
+        ids = _padded(drafts, mx.int32) if k > 0 else _placeholder(mx.int32)
         return _run(kernel, [target, ids], [("T", target.dtype), ("THREADS", threads)], threads)
 
     return accept_greedy_kernel
@@ -143,8 +158,8 @@ def _sampled_launcher(kernel, threads: int) -> Callable:
             return acceptance.accept_sampled(p, q, drafts, u)  # the reference decides
         has_q = q is not None and k > 0
         q_in = q[:k] if has_q else _placeholder(mx.float32)
-        ids = drafts.astype(mx.int32) if k > 0 else _placeholder(mx.int32)
-        uniforms = u.reshape(-1)[: k + 1].astype(mx.float32)
+        ids = _padded(drafts, mx.int32) if k > 0 else _placeholder(mx.int32)
+        uniforms = _padded(u.reshape(-1)[: k + 1], mx.float32)
         # Every input dtype is a template argument: MLX names (and caches) a CUDA kernel by its
         # template arguments only, so a q of another dtype must not reuse a compiled kernel.
         template = [("T", p.dtype), ("TQ", q_in.dtype), ("HAS_Q", has_q), ("THREADS", threads)]

@@ -48,6 +48,10 @@ def greedy_case(rng, k, vocab, dtype, kind):
         logits = np.round(logits / 3)
     if kind == "padding":  # padding ids never win
         logits[:, vocab - vocab // 8:] = -np.inf
+    if kind == "nan":  # a NaN is the argmax (the first one), as in MLX and numpy
+        logits[rng.random(logits.shape) < 0.02] = np.nan
+    if kind == "all_nan":  # a row of NaN: id 0
+        logits[rng.integers(0, k + 1)] = np.nan
     logits = round_to(logits, dtype)
     best = np.argmax(logits, axis=-1)
     accepted = {"all": k, "first_rejected": 0}.get(kind, rng.integers(0, k + 1))
@@ -103,7 +107,7 @@ def residual_rounding_case():
 
 def greedy_cases(seed=0, vocabs=(1, 7, 64, 1000, 4099)):
     rng = np.random.default_rng(seed)
-    kinds = ("random", "all", "first_rejected", "ties", "padding")
+    kinds = ("random", "all", "first_rejected", "ties", "padding", "nan", "all_nan")
     return [greedy_case(rng, k, v, d, kind) for v in vocabs for k in (0, 1, 4, 8, 16)
             for d in DTYPES for kind in kinds if not (kind == "padding" and v < 8)]
 
@@ -145,7 +149,9 @@ def test_residual_rounding_case_draws_id_2_in_the_reference():
 # --- numpy emulation of the kernels' algorithm ---------------------------------------------
 
 def better(value, ids, best, best_ids):
-    return (value > best) | ((value == best) & (ids < best_ids))
+    value_nan, best_nan = np.isnan(value), np.isnan(best)  # a NaN wins, as in MLX's argmax
+    numbers = (value > best) | ((value == best) & (ids < best_ids))
+    return np.where(value_nan | best_nan, value_nan & (~best_nan | (ids < best_ids)), numbers)
 
 
 def emulate_greedy(case, threads):
@@ -322,6 +328,9 @@ template <> inline float acc_round_to<acc_bf16>(float x) {
   uint32_t b; std::memcpy(&b, &x, 4);
   b = (b + 0x7fff + ((b >> 16) & 1)) & 0xffff0000u;
   float f; std::memcpy(&f, &b, 4); return f;
+}
+inline bool acc_is_nan(float x) {
+  uint32_t b; std::memcpy(&b, &x, 4); return (b & 0x7fffffffu) > 0x7f800000u;
 }
 struct AccThreadIdx { unsigned x; };
 thread_local AccThreadIdx threadIdx;
@@ -541,3 +550,50 @@ def test_kernels_match_reference_at_vocabularies_up_to_256k():
             assert run_kernel(case) == reference(case)
             case = sampled_case(rng, 16, vocab, dtype, None, "random")
             assert run_kernel(case) == reference(case)
+
+
+# --- how the kernels are built and fed (a recording stand-in for MLX's kernel factory) ------
+
+@pytest.fixture
+def recorded_kernels(monkeypatch):
+    calls = []
+
+    def make(**spec):
+        calls.append(spec)
+
+        def kernel(**launch):
+            calls.append(launch)
+            return mx.zeros((1,), mx.int32), mx.zeros((1,), mx.int32)
+        return kernel
+
+    monkeypatch.setattr(mx.fast, "cuda_kernel", make)
+    kernels._build.cache_clear()
+    yield calls
+    kernels._build.cache_clear()
+
+
+def test_kernel_name_changes_with_its_source(recorded_kernels, monkeypatch):
+    kernels._build("cuda", True)
+    original = kernels.load_source
+    monkeypatch.setattr(kernels, "load_source", lambda backend: {
+        **original(backend), "accept_greedy": original(backend)["accept_greedy"] + "// edited\n"})
+    kernels._build.cache_clear()
+    kernels._build("cuda", True)
+    first, second = (spec["name"] for spec in recorded_kernels if "name" in spec)
+    assert first.startswith("mlx_spec_accept_greedy_") and first != second
+
+
+@pytest.mark.parametrize("k", [0, 1, 6, 7, 8, 12])
+def test_short_inputs_reach_the_kernel_padded_to_eight(recorded_kernels, k):
+    rng = np.random.default_rng(k)
+    target = mx.array(rng.normal(size=(k + 1, 50)).astype(np.float32))
+    drafts = mx.array(rng.integers(0, 50, size=k).astype(np.int32))
+    u = mx.array(rng.random(k + 1).astype(np.float32))
+    kernels._build("cuda", True)(target, drafts)
+    kernels._build("cuda", False)(mx.softmax(target, axis=-1), None, drafts, u)
+    greedy, sampled = (call["inputs"] for call in recorded_kernels if "inputs" in call)
+    for ids in (greedy[1], sampled[2]):
+        assert ids.size == max(k, kernels.MIN_INPUT)
+        assert ids[:k].tolist() == drafts.tolist()
+    assert sampled[3].size == max(k + 1, kernels.MIN_INPUT)
+    assert np.array_equal(np.array(sampled[3][: k + 1]), np.array(u))
