@@ -204,15 +204,38 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
+class SuiteInterrupted(KeyboardInterrupt):
+    """Ctrl-C after some prompts were measured by every arm: `result` is the document of
+    those, marked `"interrupted": true`. A KeyboardInterrupt still, for callers that only stop."""
+
+    def __init__(self, result: dict):
+        super().__init__()
+        self.result = result
+
+
 def run_suite(bench: Bench, prompts: dict, temperatures=(0.0, 0.7), repeats: int = 1,
               on_progress: Callable[[str], None] | None = None, stamp: dict | None = None) -> dict:
     """Run every arm on every prompt, interleaved; return the result document. `stamp`: the
     version and commit of the code that runs (`platform.software()`), taken when it was
-    imported; by default, now."""
+    imported; by default, now. Ctrl-C raises SuiteInterrupted with the prompts every arm
+    finished (a plain KeyboardInterrupt before the first)."""
     # the code that runs is what was loaded at the start: stamp it before a long suite, during
     # which the checkout may move on
     stamp = stamp or software()
-    records, mismatches = [], []
+    records = []
+    try:
+        _measure(bench, prompts, temperatures, repeats, on_progress, records)
+    except KeyboardInterrupt:
+        if not records:
+            raise
+        raise SuiteInterrupted(_document(bench, records, temperatures, repeats, stamp, interrupted=True)) from None
+    return _document(bench, records, temperatures, repeats, stamp)
+
+
+def _measure(bench: Bench, prompts: dict, temperatures, repeats: int,
+             on_progress: Callable[[str], None] | None, records: list[dict]) -> None:
+    """Append to `records` the runs of every arm, one prompt and repeat at a time: a prompt's
+    runs go in together, so an interrupted suite keeps only comparisons that are whole."""
     total = sum(len(v) for v in prompts.values()) * len(temperatures) * repeats * len(bench.arms)
     done = 0
     first_ids = bench.encode(next(iter(prompts.values()))[0]["prompt"], chat=bench.chat)
@@ -233,12 +256,11 @@ def run_suite(bench: Bench, prompts: dict, temperatures=(0.0, 0.7), repeats: int
                         if on_progress:
                             on_progress(f"[{done}/{total}] T={temperature} {category}/{item['id']} {arm.name}: {run.tps:.2f} tok/s")
                     base = runs[bench.arms[0].name]
+                    whole = []
                     for arm in bench.arms:
                         run = runs[arm.name]
                         identical = run.tokens == base.tokens
-                        if temperature == 0 and not identical:
-                            mismatches.append(f"{category}/{item['id']} {arm.name}")
-                        records.append({
+                        whole.append({
                             "temperature": temperature, "category": category, "prompt": item["id"],
                             "repeat": repeat, "arm": arm.name, "kind": arm.kind, "k": arm.k,
                             "position": order.index(arm),
@@ -251,6 +273,15 @@ def run_suite(bench: Bench, prompts: dict, temperatures=(0.0, 0.7), repeats: int
                             if run.decode_tps and base.decode_tps else None,
                             "identical": identical, "stats": run.stats,
                         })
+                    records += whole  # one step: Ctrl-C cannot leave half a comparison
+
+
+def _document(bench: Bench, records: list[dict], temperatures, repeats: int, stamp: dict,
+              interrupted: bool = False) -> dict:
+    mismatches = [f"{r['category']}/{r['prompt']} {r['arm']}" for r in records
+                  if r["temperature"] == 0 and not r["identical"]]
+    if interrupted:  # the settings describe the runs held, so that `bench merge` counts parts right
+        temperatures = [t for t in temperatures if any(r["temperature"] == t for r in records)]
     return {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -265,6 +296,7 @@ def run_suite(bench: Bench, prompts: dict, temperatures=(0.0, 0.7), repeats: int
         "runs": records,
         "greedy_mismatches": mismatches,
         "summary": summarize(records, [a.name for a in bench.arms]),
+        **({"interrupted": True} if interrupted else {}),
     }
 
 
@@ -357,6 +389,7 @@ def merge_results(results: list[dict]) -> dict:
         "runs": runs,
         "greedy_mismatches": [m for r in results for m in r["greedy_mismatches"]],
         "summary": summarize(runs, list(arms)),
+        **({"interrupted": True} if any(r.get("interrupted") for r in results) else {}),
     }
 
 
@@ -367,12 +400,54 @@ def write_result(result: dict, path: Path) -> Path:
     return path
 
 
+# what show, compare and merge read of a result without asking; the rest is looked up with .get
+REQUIRED = {"created": str, "machine": dict, "models": dict, "settings": dict, "runs": list,
+            "greedy_mismatches": list, "summary": dict}
+REQUIRED_SETTINGS = {"max_tokens": int, "repeats": int, "temperatures": list, "arms": list, "baseline": str}
+
+
+def _shape_error(result) -> str | None:
+    """What is wrong with the shape of a loaded result (None: nothing)."""
+    def named(value) -> str:  # in JSON's words, which the file is written in
+        return {dict: "object", list: "list", str: "string", int: "number", float: "number", bool: "boolean",
+                type(None): "null"}.get(type(value), type(value).__name__)
+
+    def a(value) -> str:
+        word = named(value)
+        return ("an " if word[0] in "aeiou" else "a ") + word
+
+    if not isinstance(result, dict):
+        return f"the file holds a JSON {named(result)}, not an object"
+    if result.get("schema") != SCHEMA:
+        return f"schema {json.dumps(result.get('schema'))}, expected {json.dumps(SCHEMA)}"
+    for where, doc, required in (("", result, REQUIRED), ("settings.", result.get("settings"), REQUIRED_SETTINGS)):
+        missing = [key for key in required if key not in doc]
+        if missing:
+            return f"missing {', '.join(where + key for key in missing)}"
+        wrong = [f"{where}{key} is {a(doc[key])}, not {a(kind())}"
+                 for key, kind in required.items() if not isinstance(doc[key], kind)]
+        if wrong:
+            return "; ".join(wrong)
+    if not isinstance(result["models"].get("target"), dict):
+        return "models.target is missing or not an object"
+    if not all(isinstance(run, dict) for run in result["runs"]):
+        return "runs holds something other than objects"
+    return None
+
+
+def check_result(result, path) -> dict:
+    """The result, if it has the shape show, compare and merge rely on; else one error naming
+    the file and what is wrong (a hand-edited or foreign file must not end in a KeyError)."""
+    problem = _shape_error(result)
+    if problem:
+        raise SpecError(f"{path} is not an mlx-spec benchmark result: {problem}",
+                        "pass result files written by `mlx-spec bench` or `bench merge`")
+    return result
+
+
 def read_result(path: Path) -> dict:
     try:
         result = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise SpecError(f"cannot read benchmark result {path}: {e}", "pass files written by `mlx-spec bench`")
-    if result.get("schema") != SCHEMA:
-        raise SpecError(f"{path} is not an mlx-spec benchmark result (schema {result.get('schema')!r})",
-                        f"expected schema {SCHEMA}")
-    return result
+    return check_result(result, path)

@@ -3,6 +3,7 @@ bench.py."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import List, Optional
 
@@ -29,10 +30,54 @@ def _report(result: dict, md: Optional[Path], plot: Optional[Path]) -> None:
 
     print_summary(result)
     if md:
-        Path(md).write_text(summary_markdown(result).rstrip("\n") + "\n")
+        _write_text(md, summary_markdown(result).rstrip("\n") + "\n")
         typer.echo(f"markdown written to {md}", err=True)
     if plot:
         typer.echo(f"plot written to {plot_result(result, plot)}", err=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a file, making its folders as the result file and the plot do."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+
+
+def _plot_formats() -> list[str]:
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(FigureCanvasBase.get_supported_filetypes())
+
+
+def _check_output(path: Optional[Path], option: str) -> None:
+    """Refuse an output path before the work whose result it would take: a folder, a place no
+    file can be written, a plot format matplotlib cannot write. Creates and truncates nothing:
+    folders still missing are made at the end, as before, and writing is tried with a
+    temporary file removed at once (permission bits alone say nothing to root, or of /proc)."""
+    import os
+    import tempfile
+
+    if path is None:
+        return
+    path = Path(path)
+    if option == "--plot" and path.suffix.lower().lstrip(".") not in _plot_formats():
+        raise SpecError(f"--plot {path}: matplotlib writes no {path.suffix or 'file without an extension'}",
+                        f"end it with a format matplotlib writes, e.g. .png, .pdf or .svg ({', '.join(_plot_formats())})")
+    if path.is_dir():
+        raise SpecError(f"{option} {path} is a folder", "give the path of a file (in that folder, say)")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the nearest folder that exists: the missing ones are made in it
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is not a folder")
+        if path.exists():
+            open(path, "ab").close()  # appends nothing: the file keeps its contents
+        else:
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".mlx-spec-probe-")
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise SpecError(f"cannot write {option} {path}: {e.strerror or e}", "give a file in a folder you can write")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -42,12 +87,19 @@ def _floats(text: str) -> tuple[float, ...]:
         raise SpecError(f"bad list of numbers {text!r}", "write them comma-separated, e.g. 0,0.7")
 
 
+def _positive_ints(text: str, option: str, example: str) -> tuple[int, ...]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not all(x.isdigit() and int(x) > 0 for x in items):
+        raise SpecError(f"{option} takes positive whole numbers, got {text!r}", f"e.g. {option} {example}")
+    return tuple(int(x) for x in items)
+
+
 @bench_app.callback()
 def run(
     ctx: typer.Context,
-    pair: Optional[str] = typer.Option(None, help="Pair name from models.toml (default: the default pair)."),
-    target: Optional[str] = typer.Option(None, help="Target model reference (instead of --pair)."),
-    draft: Optional[str] = typer.Option(None, help="Draft model reference (with --target)."),
+    pair: Optional[str] = typer.Option(None, "--pair", "-p", help="Pair name from models.toml (default: the default pair)."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target model reference (instead of --pair)."),
+    draft: Optional[str] = typer.Option(None, "--draft", "-d", help="Draft model reference (with --target)."),
     categories: str = typer.Option("code,math,open,edit", help="Prompt categories to run."),
     prompts_per_category: Optional[int] = typer.Option(None, min=1, help="Use the first N prompts of each category."),
     skip_prompts: int = typer.Option(0, min=0, help="Skip the first N prompts of each category (to extend an earlier run; join the two with `bench merge`)."),
@@ -71,32 +123,71 @@ def run(
 
     from rich.console import Console
 
-    from mlx_spec.bench import CATEGORIES, PROMPTS_DIR, Bench, default_arms, load_prompts, run_suite, write_result
+    from mlx_spec.bench import (CATEGORIES, PROMPTS_DIR, Bench, SuiteInterrupted, default_arms, load_prompts,
+                                run_suite, write_result)
+    from mlx_spec.cli import K_LIMIT, check_model_options
     from mlx_spec.loading import load_model
+    from mlx_spec.pair import check_tokenizers
     from mlx_spec.platform import software
     from mlx_spec.registry import load_registry
 
     stamp = software()  # the checkout as the code was imported, before minutes of loading
     console = Console(stderr=True)
+    # everything a user can get wrong is refused here, before minutes of loading and measuring
+    # that a late error would throw away
     cats = [c.strip() for c in categories.split(",") if c.strip()]
+    if not cats:
+        raise SpecError(f"no categories given in --categories {categories!r}", f"choose from {', '.join(CATEGORIES)}")
     unknown = [c for c in cats if c not in CATEGORIES]
     if unknown:
         raise SpecError(f"unknown categories: {', '.join(unknown)}", f"choose from {', '.join(CATEGORIES)}")
+    check_model_options(pair, target)
+    if not 1 <= k <= K_LIMIT:
+        raise SpecError(f"--k must be from 1 to {K_LIMIT}, got {k}", "--k sets the fixed-k mlx-spec arm, e.g. --k 3")
+    mlx_ks = _positive_ints(mlx_lm_k, "--mlx-lm-k", "3,5")  # none: no mlx-lm arms
+    temperatures = _floats(temps)
+    if not temperatures:
+        raise SpecError(f"no temperatures given in --temps {temps!r}", "e.g. --temps 0,0.7")
+    if not all(math.isfinite(t) and t >= 0 for t in temperatures):
+        raise SpecError(f"--temps must be 0 or more, got {temps!r}", "0 for greedy decoding, e.g. --temps 0,0.7")
+    if draft in ("ngram", "none"):
+        # every mlx-spec arm already adds the n-gram proposer beside the draft model; the mlx-lm
+        # arms need a draft model of their own
+        raise SpecError(f"bench compares a draft model, not --draft {draft}",
+                        "the mlx-spec arms always add the n-gram proposer to the draft model: give --draft a model, or a --pair")
     if target is None:
         spec = load_registry().get(pair)
         target, draft = spec.target, draft or spec.draft
     if not draft:
         raise SpecError("bench needs a draft model", "give --draft REF or a --pair")
     prompts = load_prompts(cats, prompts_per_category, prompts_dir or PROMPTS_DIR, skip=skip_prompts)
-    mlx_ks = tuple(int(x) for x in _floats(mlx_lm_k))
+    out = out or PROMPTS_DIR.parent / "results" / f"bench-{datetime.now():%Y%m%d-%H%M%S}.json"
+    for path, option in ((out, "--out"), (plot, "--plot"), (md, "--md")):
+        _check_output(path, option)
     with console.status("loading models…"):
         loaded_target, loaded_draft = load_model(target), load_model(draft)
+    try:  # generate's refusal, less its hint of --draft ngram, which bench does not take
+        check_tokenizers(loaded_target.tokenizer, loaded_draft.tokenizer, loaded_target.name, loaded_draft.name)
+    except SpecError as e:
+        raise SpecError(e.message, "pick a draft from the same model family (same tokenizer)") from None
     bench = Bench(loaded_target, loaded_draft, default_arms(k, mlx_ks, chain=chain_arm, quick=quick_arm), max_tokens=max_tokens, chat=not raw)
-    with console.status("warming up and measuring…") as status:
-        # a spinner on a terminal; one line per run in a log
-        report = status.update if console.is_terminal else console.print
-        result = run_suite(bench, prompts, _floats(temps), repeats, on_progress=report, stamp=stamp)
-    out = out or PROMPTS_DIR.parent / "results" / f"bench-{datetime.now():%Y%m%d-%H%M%S}.json"
+    try:
+        with console.status("warming up and measuring…") as status:
+            # a spinner on a terminal; one line per run in a log
+            report = status.update if console.is_terminal else console.print
+            result = run_suite(bench, prompts, temperatures, repeats, on_progress=report, stamp=stamp)
+    except SuiteInterrupted as stop:  # keep the prompts every arm finished; Ctrl-C still exits 130
+        kept = len(stop.result["runs"]) // len(bench.arms)
+        planned = sum(map(len, prompts.values())) * len(temperatures) * repeats
+        write_result(stop.result, out)
+        console.print(f"interrupted: kept the {kept} of {planned} comparisons every arm finished "
+                      f"({len(stop.result['runs'])} runs) in {out}, marked \"interrupted\"",
+                      highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(130)
+    except KeyboardInterrupt:
+        console.print("interrupted before every arm had finished a prompt: no result written",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
     write_result(result, out)
     _report(result, md, plot)
     console.print(f"result written to {out}")
@@ -121,6 +212,8 @@ def compare(
     from mlx_spec.bench import read_result
     from mlx_spec.bench_report import compare_markdown, plot_compare
 
+    for path, option in ((out, "--out"), (plot, "--plot")):
+        _check_output(path, option)
     loaded = [read_result(p) for p in results]
     names = [s.strip() for s in labels.split(",")] if labels else [r["machine"].get("chip", p.stem) for r, p in zip(loaded, results)]
     if len(names) != len(loaded):
@@ -128,7 +221,7 @@ def compare(
     table = compare_markdown(loaded, names)
     typer.echo(table)
     if out:
-        Path(out).write_text(table)
+        _write_text(out, table)
     if plot:
         plot_compare(loaded, names, plot)
 
@@ -147,6 +240,8 @@ def merge(
     """
     from mlx_spec.bench import merge_results, read_result, write_result
 
+    for path, option in ((out, "--out"), (plot, "--plot"), (md, "--md")):
+        _check_output(path, option)
     merged = merge_results([read_result(p) for p in results])
     write_result(merged, out)
     _report(merged, md, plot)
@@ -164,4 +259,6 @@ def show(
     """
     from mlx_spec.bench import read_result
 
+    for path, option in ((plot, "--plot"), (md, "--md")):
+        _check_output(path, option)
     _report(read_result(result), md, plot)

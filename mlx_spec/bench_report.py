@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mlx_spec.errors import SpecError
 from mlx_spec.policy import CEILING_ALPHAS, Costs
 
 LOG_WIDTH = 240  # columns of a results table written to a file or a pipe
@@ -140,6 +141,9 @@ def software_line(result: dict) -> str:
     return _stamp(settings.get("mlx_spec"))
 
 
+INTERRUPTED = "a partial result, stopped with Ctrl-C; it holds the prompts every arm finished"
+
+
 def summary_markdown(result: dict) -> str:
     models = result["models"]
     head = [
@@ -150,6 +154,8 @@ def summary_markdown(result: dict) -> str:
         f"Settings: {result['settings']['max_tokens']} new tokens, baseline `{result['settings']['baseline']}`, "
         f"{result['settings']['repeats']} repeat(s); speed-up = median over prompts of per-pair ratios.",
     ]
+    if result.get("interrupted"):
+        head.append(f"**Interrupted:** {INTERRUPTED}.")
     if result.get("greedy_mismatches"):
         head.append(f"**Greedy outputs differed:** {', '.join(result['greedy_mismatches'])}")
     extra = "".join("\n" + part for part in (costs_markdown(result), sources_markdown(result)) if part)
@@ -189,6 +195,8 @@ def print_summary(result: dict, console=None) -> None:
     if sources:
         console.print(_rich_table("where the mlx-spec arms' tokens came from (rounds, tokens per round, accepted share of drafted)",
                                   SOURCE_COLUMNS, sources, left=("temp", "category", "arm", "source")))
+    if result.get("interrupted"):
+        console.print(f"[yellow]interrupted: {INTERRUPTED}[/yellow]")
     if result.get("greedy_mismatches"):
         console.print(f"[red]greedy outputs differed from plain decoding: {result['greedy_mismatches']}[/red]")
 
@@ -201,6 +209,8 @@ def plot_result(result: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     temps = list(result["summary"])
+    if not temps:
+        raise SpecError("nothing to plot: the result holds no runs", "plot a result of a bench that ran")
     fig, axes = plt.subplots(1, len(temps), figsize=(6.5 * len(temps), 4.2), squeeze=False)
     for ax, temperature in zip(axes[0], temps):
         categories = result["summary"][temperature]
@@ -277,6 +287,7 @@ def compare_rows(results: list[dict], labels: list[str]) -> tuple[list[str], lis
 
 def compare_markdown(results: list[dict], labels: list[str]) -> str:
     machines = "\n".join(f"- **{label}**: {machine_line(r)}; mlx-spec {software_line(r)}"
+                         + ("; interrupted (partial)" if r.get("interrupted") else "")
                          for label, r in zip(labels, results))
     header, rows = compare_rows(results, labels)
     text = machines + "\n\n" + markdown_table(header, rows) + "\n"
@@ -296,6 +307,8 @@ def plot_compare(results: list[dict], labels: list[str], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not results[0]["summary"]:
+        raise SpecError("nothing to plot: the first result holds no runs", "put a result that has runs first")
     temperature = next(iter(results[0]["summary"]))
     categories = list(results[0]["summary"][temperature])
     arms = [a for a in results[0]["summary"][temperature][categories[0]] if a.startswith("mlx-spec")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import traceback
 from contextlib import contextmanager, nullcontext as _nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
@@ -18,6 +19,7 @@ from mlx_spec.errors import SpecError
 from mlx_spec.render import DRAFTED_LEGEND, Painter, combine, k_label, stats_table, summary_line, use_color
 from mlx_spec.sampling import SamplingParams
 from mlx_spec.stats import Stats
+from mlx_spec.text import readable
 
 HELP = """commands:
   /stats          full statistics of the last reply and of the conversation
@@ -177,14 +179,14 @@ class ChatIO:
             # \001..\002 tell readline the colour codes take no room on the line
             prompt = "\001\x1b[1;32m\002>>> \001\x1b[0m\002" if self.color else ">>> "
             try:
-                return input(prompt)
+                return readable(input(prompt))
             except EOFError:
                 self.write("\n")
                 return None
         if self.interactive:
             self.write(">>> ")
         line = self.inp.readline()
-        return line.rstrip("\r\n") if line else None
+        return readable(line.rstrip("\r\n")) if line else None
 
 
 def use_tty(stream) -> bool:
@@ -240,31 +242,34 @@ def _command(session: ChatSession, io: ChatIO, line: str) -> bool:
     return True
 
 
-def run_chat(session: ChatSession, io: ChatIO) -> int:
-    """The read-reply loop; returns the exit code (0, also at end of input)."""
+def run_chat(session: ChatSession, io: ChatIO, debug: bool = False) -> int:
+    """The read-reply loop; returns the exit code: 0, also at end of input, or 1 when piped
+    input had a turn fail unexpectedly (a script should learn that a reply is missing).
+    `debug` adds the traceback of such a failure."""
     banner(session, io)
     painter = Painter(session.pair.tokenizer, io.color)
     interrupted_at_prompt = False
+    code = 0
     while True:
         try:
             line = io.read()
         except KeyboardInterrupt:
             if interrupted_at_prompt:  # twice in a row at the prompt: the user wants out
                 io.write("\n")
-                return 0
+                return code
             interrupted_at_prompt = True
             io.write("\n")
             io.note("(Ctrl-C again, Ctrl-D or /exit to leave)")
             continue
         interrupted_at_prompt = False
         if line is None:
-            return 0
+            return code
         line = line.strip()
         if not line:
             continue
         if line.startswith("/"):
             if not _command(session, io, line):
-                return 0
+                return code
             continue
         try:
             reply = _reply(session, io, painter, line)
@@ -274,6 +279,18 @@ def run_chat(session: ChatSession, io: ChatIO) -> int:
         except KeyboardInterrupt:  # a hard second Ctrl-C before the first round
             io.write("\n")
             io.note("[stopped]", "33")
+            continue
+        except BrokenPipeError:  # nobody reads the replies any more: the CLI ends quietly
+            raise
+        except Exception as err:
+            # A bug in one turn must not cost the conversation: the turn is dropped (the
+            # session records a turn only once it completes) and the chat goes on.
+            io.note(f"error: unexpected {type(err).__name__}: {err} (this message was dropped, "
+                    "the conversation goes on)", "31")
+            if debug:
+                traceback.print_exc(file=io.err)
+            if not io.interactive:
+                code = 1
             continue
         if not reply.text.endswith("\n"):
             io.write("\n")

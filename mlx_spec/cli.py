@@ -73,6 +73,13 @@ class _FriendlyErrors(TyperGroup):
                 traceback.print_exc()
             typer.echo("", err=True)
             ctx.exit(130)
+        except BrokenPipeError:
+            # The reader left (`| head`): stop quietly. Point stdout at devnull so that the
+            # flush at exit finds no broken pipe either (the Python docs' recipe), and exit
+            # 141 = 128 + SIGPIPE, the status of a tool that SIGPIPE ended (cat, yes), so
+            # that `set -o pipefail` scripts see what they see with those.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(141)
         except Exception as err:
             if _debug():
                 raise
@@ -157,7 +164,7 @@ SystemOpt = Annotated[Optional[str], typer.Option(
     "--system", help="System prompt (used with the chat template).", rich_help_panel=S)]
 
 
-def _check_options(*, max_tokens, temp, top_p, top_k, min_p, repetition_penalty,
+def _check_options(*, max_tokens, temp, top_p, top_k, min_p, repetition_penalty, seed=None,
                    k=None, adaptive=False, k_max=15, no_draft=False, draft=None, pair=None,
                    target=None) -> None:
     """Reject bad values before anything loads (loading a 7B model takes a while)."""
@@ -176,19 +183,29 @@ def _check_options(*, max_tokens, temp, top_p, top_k, min_p, repetition_penalty,
         bad(f"--min-p must be in [0, 1), got {min_p}", "e.g. --min-p 0.05 (0 turns it off)")
     if repetition_penalty is not None and not repetition_penalty > 0:
         bad(f"--repetition-penalty must be positive, got {repetition_penalty}", "e.g. 1.1")
+    if seed is not None and seed < 0:
+        bad(f"--seed must be 0 or more, got {seed}", "e.g. --seed 1")
     if k is not None and adaptive:
         bad("--k and --adaptive both given", "--k N fixes the draft length, --adaptive chooses it")
     if k is not None and not 1 <= k <= K_LIMIT:
         bad(f"--k must be from 1 to {K_LIMIT}, got {k}", "for plain decoding use --no-draft")
     if not 1 <= k_max <= K_LIMIT:
         bad(f"--k-max must be from 1 to {K_LIMIT}, got {k_max}", "e.g. --k-max 8")
+    if draft is not None and not draft.strip():  # as resolve.py says of an empty --target
+        bad("empty model reference", "give --draft a local directory, an org/name repo id or "
+            "'ngram', or use --no-draft")
     if no_draft and draft:
         bad("--draft and --no-draft both given", "drop one of them")
     if no_draft and (k is not None or adaptive):
         bad("--k/--adaptive need a draft, but --no-draft was given", "drop --no-draft or --k")
+    check_model_options(pair, target)
+
+
+def check_model_options(pair, target) -> None:
+    """--pair or --target, not both (generate, chat and bench)."""
     if pair and target:
-        bad("--pair and --target both given",
-            "name a pair from models.toml, or give --target (and optionally --draft)")
+        raise SpecError("--pair and --target both given",
+                        "name a pair from models.toml, or give --target (and optionally --draft)")
 
 
 def _json(obj) -> str:
@@ -260,15 +277,17 @@ def chat(
       printf 'Hi!\\n/stats\\n' | mlx-spec chat --draft ngram
     """
     from mlx_spec.chat import ChatIO, ChatSession, Sampling, run_chat
+    from mlx_spec.text import readable
 
     _check_options(max_tokens=max_tokens, temp=temp, top_p=top_p, top_k=top_k, min_p=min_p,
-                   repetition_penalty=repetition_penalty, k=k, adaptive=adaptive, k_max=k_max,
-                   no_draft=no_draft, draft=draft, pair=pair, target=target)
+                   repetition_penalty=repetition_penalty, seed=seed, k=k, adaptive=adaptive,
+                   k_max=k_max, no_draft=no_draft, draft=draft, pair=pair, target=target)
     loaded = _load(pair, target, draft, no_draft, k, k_max, dtype)
     sampling = Sampling(max_tokens=max_tokens, temperature=temp, top_k=top_k, top_p=top_p,
                         min_p=min_p, seed=seed, repetition_penalty=repetition_penalty)
-    session = ChatSession(loaded, sampling=sampling, system=system)
-    code = run_chat(session, ChatIO(sys.stdin, sys.stdout, sys.stderr))
+    session = ChatSession(loaded, sampling=sampling, system=system and readable(system))
+    _lenient_stdin()
+    code = run_chat(session, ChatIO(sys.stdin, sys.stdout, sys.stderr), debug=_debug())
     raise typer.Exit(code)
 
 
@@ -311,16 +330,19 @@ def generate(
       mlx-spec generate "Write a poem about autumn." --trace rounds.jsonl
     """
     from mlx_spec.render import Painter, k_label, stats_table, summary_line, use_color
+    from mlx_spec.text import readable
 
     if prompt == "-":
+        _lenient_stdin()
         prompt = sys.stdin.read()
+    prompt, system = readable(prompt), system and readable(system)
     if not prompt.strip():
         raise SpecError("the prompt is empty", "pass the text as an argument, or - with text on stdin")
     _check_options(max_tokens=max_tokens, temp=temp, top_p=top_p, top_k=top_k, min_p=min_p,
-                   repetition_penalty=repetition_penalty, k=k, adaptive=adaptive, k_max=k_max,
-                   no_draft=no_draft, draft=draft, pair=pair, target=target)
+                   repetition_penalty=repetition_penalty, seed=seed, k=k, adaptive=adaptive,
+                   k_max=k_max, no_draft=no_draft, draft=draft, pair=pair, target=target)
     if trace is not None:
-        _trace_file(trace)
+        _check_trace_path(trace)
     loaded = _load(pair, target, draft, no_draft, k, k_max, dtype)
     err = _stderr_console()
     has_template = bool(loaded.tokenizer.has_chat_template)
@@ -328,21 +350,30 @@ def generate(
         err.print("note: the target has no chat template; sending the prompt as raw text")
     use_template = has_template if chat_template is None else (chat_template and has_template)
 
+    ids = loaded.encode(prompt, chat=use_template, system=system)
+    limit = loaded.context_length
+    if limit and len(ids) + max_tokens > limit:  # Pair.stream checks too, with chat's /reset in its hint
+        raise SpecError(f"prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceeds the "
+                        f"model's context of {limit} tokens", "shorten the prompt or lower --max-tokens")
     painter = Painter(loaded.tokenizer, use_color(sys.stdout) and not json_out)
-    if painter.color:  # per-token colouring decodes after the real prompt's last tokens
-        painter.start(loaded.encode(prompt, chat=use_template, system=system))
+    painter.start(ids)  # per-token colouring decodes after the prompt's last tokens
     parts, tokens, finish = [], [], None
-    for step in loaded.stream(prompt, max_tokens=max_tokens, temperature=temp, top_k=top_k,
-                              top_p=top_p, min_p=min_p, seed=seed,
-                              repetition_penalty=repetition_penalty, stop=stop or (),
-                              chat=use_template, system=system, trace=trace is not None,
-                              quick_start=quick_start):
-        parts.append(step.text)
-        tokens += step.tokens
-        finish = step.finish_reason
-        if not json_out:
-            sys.stdout.write(painter.paint(step.text, step.tokens, step.drafted))
-            sys.stdout.flush()
+    try:
+        for step in loaded.stream(ids, max_tokens=max_tokens, temperature=temp, top_k=top_k,
+                                  top_p=top_p, min_p=min_p, seed=seed,
+                                  repetition_penalty=repetition_penalty, stop=stop or (),
+                                  trace=trace is not None, quick_start=quick_start):
+            parts.append(step.text)
+            tokens += step.tokens
+            finish = step.finish_reason
+            if not json_out:
+                sys.stdout.write(painter.paint(step.text, step.tokens, step.drafted))
+                sys.stdout.flush()
+    except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, or the reader left (`| head`)
+        if trace is not None:  # the rounds done so far are what the trace is for: keep them
+            typer.echo("", err=True)
+            _write_trace(loaded, loaded.last_stats, trace, err, partial=True)
+        raise
     stats = loaded.last_stats
     text = "".join(parts)
     if not json_out:
@@ -361,24 +392,45 @@ def generate(
                   style="dim", markup=False, soft_wrap=True)
 
 
-def _trace_file(path: Path, records: list[dict] | None = None) -> None:
-    """Write the trace (before generating, with no records: check that it can be written)."""
-    from mlx_spec.trace import write_trace
+def _lenient_stdin() -> None:
+    """Read stdin's bytes that are not UTF-8 as surrogates (as Python does in the C locale)
+    rather than fail in a UTF-8 locale; text.readable then makes them U+FFFD."""
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")
 
+
+def _check_trace_path(path: Path) -> None:
+    """Before loading, check that the trace can be written, touching nothing: the file is
+    written once the run has rounds to put in it, and an existing one must survive a run
+    that fails."""
+    def bad(why: str) -> None:
+        raise SpecError(f"cannot write the trace to {path}: {why}", "give --trace a writable file "
+                        "path in an existing folder")
+
+    folder = path.parent
+    if path.is_dir():
+        bad("it is a folder")
+    if not folder.is_dir():
+        bad(f"the folder {folder} does not exist")  # not created: a typo should not make folders
+    if not os.access(path if path.exists() else folder, os.W_OK):
+        bad("permission denied")
+
+
+def _write_trace(loaded, stats, path: Path, err, partial: bool = False) -> None:
+    from mlx_spec.trace import source_totals, totals_lines, trace_records, write_trace
+
+    records = trace_records(stats, loaded.tokenizer, getattr(loaded.engine.policy, "costs", None)) if stats else []
+    if partial and not records:
+        err.print(f"trace: stopped before the first round; {path} not written", markup=False, highlight=False)
+        return
     try:
-        write_trace(records or [], path)
+        write_trace(records, path)
     except OSError as e:
         raise SpecError(f"cannot write the trace to {path}: {e.strerror or e}", "give --trace a writable file path")
-
-
-def _write_trace(loaded, stats, path: Path, err) -> None:
-    from mlx_spec.trace import source_totals, totals_lines, trace_records
-
-    records = trace_records(stats, loaded.tokenizer, getattr(loaded.engine.policy, "costs", None))
-    _trace_file(path, records)
     for line in totals_lines(source_totals(records)):
         err.print(line, markup=False, highlight=False)
-    err.print(f"trace: {len(records)} rounds written to {path}", markup=False, highlight=False)
+    note = " (stopped early: a partial trace)" if partial else ""
+    err.print(f"trace: {len(records)} rounds written to {path}{note}", markup=False, highlight=False)
 
 
 @app.command()

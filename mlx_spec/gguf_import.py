@@ -53,8 +53,23 @@ def open_gguf(path: Path):
     """A GGUFReader on `path`, with truncation and corruption turned into SpecError."""
     import gguf
 
+    if path.is_dir():
+        raise SpecError(f"{path} is a directory, not a GGUF file",
+                        "give the .gguf file itself (a model folder needs no conversion)")
     if not path.is_file():
         raise SpecError(f"GGUF file {path} not found", "check the path")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise SpecError(f"cannot read {path}: {e.strerror or e}", "check the file's "
+                        "permissions") from e
+    if not magic:
+        raise SpecError(f"{path.name} is empty", "the download failed: download it again")
+    if magic != b"GGUF":
+        raise SpecError(f"{path.name} is not a GGUF file (it does not start with 'GGUF')",
+                        "give a .gguf file from LM Studio, Ollama or llama.cpp; a safetensors "
+                        "model folder needs no conversion")
     try:
         reader = gguf.GGUFReader(str(path), "r")
     except Exception as e:  # the reader raises ValueError/struct errors/IndexError on bad bytes
@@ -407,9 +422,13 @@ def convert_gguf(gguf_path, out_dir, dtype: str | None = None, progress: bool = 
     else:
         config["torch_dtype"] = dtype
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it owner-only; a model directory is ordinary data
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a model directory is ordinary data
+    except OSError as e:
+        raise SpecError(f"cannot create {out_dir}: {e.strerror or e}",
+                        "choose an output path in a folder you can write to") from e
     try:
         tokenizer_json, tokenizer_config = build_tokenizer(reader)
         (tmp / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False))
@@ -427,6 +446,10 @@ def convert_gguf(gguf_path, out_dir, dtype: str | None = None, progress: bool = 
         if out_dir.exists():  # overwrite=True: swap only once the new copy is complete
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
+    except OSError as e:  # disk full, permissions changed underway
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SpecError(f"cannot write {out_dir}: {e.strerror or e}",
+                        "check free space and permissions, or choose another output path") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

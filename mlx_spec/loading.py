@@ -6,6 +6,7 @@ and quantized ones dequantized. On Metal/CUDA the checkpoint's dtype or quantiza
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from mlx_spec.errors import SpecError
 from mlx_spec.resolve import is_model_dir, resolve_model
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json",
+                   "tiktoken.model")
 
 
 @dataclass
@@ -65,6 +68,43 @@ def quiet_length_warning(tokenizer) -> None:
         inner.model_max_length = 1 << 62
 
 
+def _raised_in(err: BaseException, function: str) -> bool:
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == function:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def load_error(path: Path, err: Exception) -> SpecError:
+    """One line and a hint for what mlx_lm.load raised: an architecture mlx-lm lacks, a
+    tokenizer it cannot build, or files that are incomplete or corrupt."""
+    first = (str(err).strip().splitlines() or [""])[0].strip().rstrip(":")[:200]
+    unsupported = re.match(r"Model type (\S+?)\.? not supported", first)
+    if unsupported:
+        from mlx_lm import __version__ as mlx_lm_version
+
+        arch = unsupported.group(1)
+        return SpecError(f"could not load model from {path}: mlx-lm {mlx_lm_version} does not "
+                         f"support the '{arch}' architecture",
+                         f"upgrade mlx-lm (pip install -U mlx-lm) if a newer one supports "
+                         f"'{arch}', or choose a model of an architecture mlx-lm supports "
+                         "(llama, qwen2, mistral, ...)")
+    if _raised_in(err, "load_tokenizer"):
+        if not any((path / name).exists() for name in TOKENIZER_FILES):
+            first = f"no tokenizer files ({', '.join(TOKENIZER_FILES[:2])})"
+        else:
+            first = f"{type(err).__name__}: {first}"
+        return SpecError(f"could not load the tokenizer of {path}: {first}",
+                         "the folder needs the model's tokenizer files (tokenizer.json, or "
+                         "tokenizer.model with tokenizer_config.json): copy them from where the "
+                         "model came from")
+    return SpecError(f"could not load model from {path}: {type(err).__name__}: {first}",
+                     "the files may be incomplete or corrupt: `mlx-spec models info PATH` "
+                     "checks them; fetch the model again (`mlx-spec models pull`) if so")
+
+
 def load_model(ref: str, dtype: str | None = None) -> LoadedModel:
     """Resolve `ref` (directory, converted name, repo id) and load it with mlx_lm.
 
@@ -85,9 +125,7 @@ def load_model(ref: str, dtype: str | None = None) -> LoadedModel:
     try:
         model, tokenizer = load(str(path))
     except Exception as e:  # unsupported model_type, bad safetensors, broken tokenizer files
-        raise SpecError(f"could not load model from {path}: {type(e).__name__}: {e}",
-                        "the files are incomplete or corrupt: delete the folder and fetch the "
-                        "model again (`mlx-spec models pull`)") from e
+        raise load_error(path, e) from e
     quiet_length_warning(tokenizer)
     if dtype is None and backend() == "cpu":
         dtype = "float32"  # quantized and half matmuls are slow on the CPU backend

@@ -16,7 +16,8 @@ from rich.table import Table
 
 from mlx_spec.errors import SpecError
 from mlx_spec.registry import load_registry
-from mlx_spec.resolve import find_local, looks_like_repo_id, present_path, resolve_model
+from mlx_spec.resolve import (find_local, looks_like_path, looks_like_repo_id, present_path,
+                              resolve_model)
 
 console = Console()
 models_app = typer.Typer(
@@ -69,38 +70,73 @@ def pull_command(name: Annotated[str, typer.Argument(
 
 
 def _safetensors_summary(path: Path) -> tuple[int, set[str]]:
-    """(stored element count, dtypes) from the safetensors headers, without loading data."""
+    """(stored element count, dtypes) from the safetensors headers, without loading data.
+
+    A file whose header cannot be read, or whose tensors end past its end, is a SpecError."""
+    files = sorted(path.glob("model*.safetensors"))
+    if not files:
+        raise SpecError(f"{path} holds no weights (no model*.safetensors file)",
+                        "point at a complete model folder, or convert a GGUF file with "
+                        "`mlx-spec convert`")
     count, dtypes = 0, set()
-    for file in sorted(path.glob("model*.safetensors")):
-        with open(file, "rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        header.pop("__metadata__", None)
-        for entry in header.values():
+    for file in files:
+        try:
+            size = file.stat().st_size
+            with open(file, "rb") as f:
+                length = int.from_bytes(f.read(8), "little")
+                if size < 8 or 8 + length > size:
+                    raise ValueError("header longer than the file")
+                header = json.loads(f.read(length))
+            header.pop("__metadata__", None)
+            tensors = [(e["dtype"], [int(d) for d in e["shape"]], int(e["data_offsets"][1]))
+                       for e in header.values()]
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            raise SpecError(f"{file} has no readable safetensors header",
+                            "the file is corrupt or cut short: fetch or convert the model "
+                            "again") from e
+        end = 8 + length + max((stop for _, _, stop in tensors), default=0)
+        if end > size:
+            raise SpecError(f"{file} is truncated: its tensors need {end:,} bytes, the file "
+                            f"has {size:,}", "the download was cut short: fetch or convert the "
+                            "model again")
+        for dtype, shape, _ in tensors:
             n = 1
-            for d in entry["shape"]:
+            for d in shape:
                 n *= d
             count += n
-            dtypes.add(entry["dtype"])
+            dtypes.add(dtype)
     return count, dtypes
 
 
 def model_info(ref: str, pull: str | None = None) -> dict:
     """Config summary of a locally present model (never downloads). `pull`: what `models
     pull` would fetch it by (a pair's name), for the hint when it is missing."""
+    if not ref.strip():
+        raise SpecError("empty model reference", "give a pair name, a model folder or an "
+                        "org/name repo id (see `mlx-spec models list`)")
     path = find_local(ref)
     if path is None:
+        if pull is None and looks_like_path(ref):
+            raise SpecError(f"model '{ref}' not found: no such folder", "check the path, or "
+                            "give a pair name or an org/name repo id (see `mlx-spec models list`)")
         if pull is None and not looks_like_repo_id(ref):
             raise SpecError(f"'{ref}' is not a pair, a model on this machine or an org/name repo id",
                             "see `mlx-spec models list` for the pairs")
         raise SpecError(f"model '{ref}' is not on this machine", f"run `mlx-spec models pull {pull or ref}`")
+    if not (path / "config.json").exists():
+        raise SpecError(f"{path} is not a model folder (no config.json)",
+                        "point at a folder holding config.json and model*.safetensors, a pair "
+                        "name or an org/name repo id")
     try:
         config = json.loads((path / "config.json").read_text())
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:
         raise SpecError(f"{path} has no readable config.json", "fetch the model again") from e
     count, dtypes = _safetensors_summary(path)
     quant = config.get("quantization")
-    if quant:  # packed U32 words hold 32/bits weights each; scales/biases are overhead
-        dtype, params = f"{quant['bits']}-bit (group {quant['group_size']})", None
+    if isinstance(quant, dict):  # packed U32 words hold 32/bits weights; scales are overhead
+        dtype, params = f"{quant.get('bits', '?')}-bit (group {quant.get('group_size', '?')})", None
     else:
         dtype, params = "/".join(sorted(dtypes)) or "?", count
     return {"path": str(path), "architecture": config.get("model_type"),

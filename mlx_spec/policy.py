@@ -548,11 +548,36 @@ def calibration_key(target_name: str, draft_name: str | None, target_bytes: int)
 
 
 def _calibration_table() -> dict:
-    """calibration.json's entries by key ({} when it is missing or unreadable)."""
+    """calibration.json's entries by key ({} when it is missing, unreadable or not an object:
+    a cache that cannot be read is measured again and overwritten)."""
     try:
-        return json.loads(calibration_path().read_text())
+        table = json.loads(calibration_path().read_text())
     except (OSError, ValueError):
         return {}
+    return table if isinstance(table, dict) else {}
+
+
+def _seconds(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < math.inf
+
+
+def _cached_costs(entry) -> Costs | None:
+    """The Costs a calibration.json entry holds, or None where it has not that shape (edited
+    by hand, cut short, from another version): such an entry is ignored and measured again."""
+    if not isinstance(entry, dict):
+        return None
+    verify, tokens = entry.get("verify"), entry.get("verify_tokens")
+    if not (_seconds(entry.get("draft_step")) and isinstance(verify, list) and verify
+            and all(map(_seconds, verify)) and verify[0] > 0
+            and (tokens is None or isinstance(tokens, list) and all(
+                isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in tokens))
+            and (entry.get("draft_batch") is None or _seconds(entry["draft_batch"]))
+            and (entry.get("ladder") is None or isinstance(entry["ladder"], dict))):
+        return None
+    try:
+        return Costs(**entry)
+    except (TypeError, ValueError):  # unknown fields, ladder entries that are not numbers
+        return None
 
 
 def calibrated_pairs() -> list[tuple[str, str, Costs]]:
@@ -561,12 +586,9 @@ def calibrated_pairs() -> list[tuple[str, str, Costs]]:
     pairs = []
     for key, entry in _calibration_table().items():
         parts = key.split("|")
-        if len(parts) != 4 or parts[0] != machine_key:
-            continue
-        try:
-            pairs.append((parts[1], parts[2], Costs(**entry)))
-        except (TypeError, ValueError):
-            continue
+        costs = _cached_costs(entry)
+        if len(parts) == 4 and parts[0] == machine_key and costs is not None:
+            pairs.append((parts[1], parts[2], costs))
     return pairs
 
 
@@ -574,12 +596,12 @@ def cached_calibration(key: str, target, draft=None, k_max: int = 8) -> Costs:
     """Costs for this machine and pair, measured once and kept in calibration.json."""
     path = calibration_path()
     table = _calibration_table()
-    entry = table.get(key)
+    costs = _cached_costs(table.get(key))
     # an entry from before the ladder was kept was also measured without interleaving
-    if entry and len(entry.get("verify", [])) > k_max and entry.get("ladder") and (
-        draft is None or entry.get("draft_batch") is not None
+    if costs and len(costs.verify) > k_max and costs.ladder and (
+        draft is None or costs.draft_batch is not None
     ):
-        return Costs(**entry)
+        return costs
     costs = calibrate(target, draft, k_max=k_max)
     table[key] = asdict(costs)
     try:

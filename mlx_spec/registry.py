@@ -123,10 +123,20 @@ def load_registry(path: str | Path | None = None) -> Registry:
     """Read and validate models.toml (`path`, `$MLX_SPEC_MODELS` or the bundled file)."""
     path = Path(path) if path else default_path()
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise SpecError(f"models file {path} not found",
                         "set $MLX_SPEC_MODELS to a models.toml, or reinstall mlx-spec") from e
+    except IsADirectoryError as e:
+        raise SpecError(f"models file {path} is a directory, not a file",
+                        "set $MLX_SPEC_MODELS to the models.toml file itself") from e
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path} is not valid UTF-8 text (bad byte at offset {e.start})",
+                        "save it as UTF-8, or set $MLX_SPEC_MODELS to the right file") from e
+    except OSError as e:  # unreadable: permissions, I/O error
+        raise SpecError(f"cannot read models file {path}: {e.strerror or e}",
+                        "check the file's permissions, or set $MLX_SPEC_MODELS to another "
+                        "models.toml") from e
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path} is not valid TOML: {e}", "fix the syntax at that line") from e
     registry = parse_registry(data, where=str(path))

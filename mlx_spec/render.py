@@ -41,12 +41,17 @@ def k_label(pair) -> str | None:
 def summary_line(stats: Stats, k_label: str | None = None) -> str:
     """tokens/s, tau, acceptance rate and k after one reply, e.g.
     '52 tokens at 180.3 tok/s · τ 3.71 · accepted 90% · k 3.2 (adaptive) · prompt 12 tok ·
-    first token 0.21 s'."""
+    first token 0.21 s'. A fixed k's free n-gram tail is shown apart ('k 4.0 + tail 1.6
+    (fixed 4)'): in the mean it would read as more than the k asked for."""
     parts = [f"{stats.generated_tokens} tokens at {stats.generation_tps:.1f} tok/s"]
     if stats.drafted:
         parts.append(f"τ {stats.tau:.2f}")
         parts.append(f"accepted {stats.acceptance_rate:.0%}")
-        parts.append(f"k {stats.mean_k:.1f}" + (f" ({k_label})" if k_label else ""))
+        k = f"k {stats.mean_k:.1f}"
+        if stats.tail_proposed:
+            k = (f"k {(stats.drafted - stats.tail_proposed) / stats.rounds:.1f}"
+                 f" + tail {stats.tail_proposed / stats.rounds:.1f}")
+        parts.append(k + (f" ({k_label})" if k_label else ""))
     else:
         parts.append("no drafting")
     parts.append(f"prompt {stats.prompt_tokens} tok")
@@ -123,6 +128,7 @@ def combine(stats_list: list[Stats]) -> Stats:
     for s in stats_list:
         for name in ("prompt_tokens", "prompt_time", "generated_tokens", "generation_time",
                      "rounds", "target_forwards", "host_syncs", "drafted", "accepted",
+                     "sibling_hits", "tail_proposed", "tail_accepted",
                      "draft_time", "verify_time", "other_time"):
             setattr(total, name, getattr(total, name) + getattr(s, name))
         for name in ("proposed_by_position", "accepted_by_position"):

@@ -55,6 +55,12 @@ def looks_like_repo_id(ref: str) -> bool:
     return len(parts) == 2 and all(parts) and not ref.startswith((".", "~"))
 
 
+def looks_like_path(ref: str) -> bool:
+    """A reference written as a file system path (`/x`, `./x`, `../x`, `~/x`, `a/b/c`)."""
+    return ref.startswith(("/", "./", "../", "~")) or ref in (".", "..") or (
+        os.sep in ref and not looks_like_repo_id(ref))
+
+
 def find_in_hf_cache(repo_id: str) -> Path | None:
     """The cached snapshot of `repo_id` (via `refs/main`), if it holds a complete model."""
     from huggingface_hub import snapshot_download
@@ -126,6 +132,9 @@ def resolve_model(ref: str, progress: bool = True) -> Path:
     found = find_local(ref)
     if found is not None:
         return found
+    if looks_like_path(ref):
+        raise SpecError(f"model '{ref}' not found: no such folder", "check the path: a model "
+                        "is a folder holding config.json and model*.safetensors")
     if not looks_like_repo_id(ref):
         raise SpecError(f"model '{ref}' not found: no such directory and not an org/name repo id",
                         f"give a directory, a Hugging Face repo id, or a name under "

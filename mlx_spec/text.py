@@ -1,9 +1,21 @@
 """Streamed text: incremental detokenization that keeps every space, and stop strings
-(emit nothing past a stop string, hold back a tail that might be the start of one)."""
+(emit nothing past a stop string, hold back a tail that might be the start of one); and
+input text made safe to tokenize."""
 
 from __future__ import annotations
 
 from typing import Sequence
+
+
+def readable(text: str) -> str:
+    """Typed or piped text with the bytes that were not UTF-8 as U+FFFD. Python hands such
+    bytes over as lone surrogates (surrogateescape: argv, and stdin as the CLI reads it),
+    which a tokenizer refuses to encode."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate no byte stands for (e.g. from JSON)
+        raw = text.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
 
 
 class StopText:

@@ -44,9 +44,9 @@ def source_totals(records: list[dict]) -> dict[str, dict]:
 
 
 def write_trace(records: list[dict], path: Path) -> Path:
-    """One JSON object per line, one line per round."""
+    """One JSON object per line, one line per round (the folder must exist: a mistyped path
+    is an error, not a new folder)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
     return path
 
