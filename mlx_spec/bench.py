@@ -23,6 +23,7 @@ import mlx.core as mx
 from mlx_spec.errors import SpecError
 from mlx_spec.pair import Pair
 from mlx_spec.platform import machine, software
+from mlx_spec.policy import cached_calibration, calibration_key
 
 SCHEMA = "mlx-spec-bench/1"
 CATEGORIES = ("code", "math", "open", "edit")
@@ -110,9 +111,15 @@ def load_prompts(categories=CATEGORIES, per_category: int | None = None, root: P
 class Bench:
     """Holds the loaded pair and one engine per mlx-spec arm; runs one arm on one prompt."""
 
-    def __init__(self, target, draft, arms: list[Arm], max_tokens: int = 128, chat: bool = True):
+    def __init__(self, target, draft, arms: list[Arm], max_tokens: int = 128, chat: bool = True,
+                 recalibrate: bool = False):
+        """`recalibrate`: measure the pair's costs anew before the arms are built (and keep
+        them for later runs), so that the policies plan with what a step costs now."""
         self.target, self.draft, self.arms = target, draft, arms
         self.max_tokens, self.chat = max_tokens, chat
+        if recalibrate and draft is not None and any(arm.kind == "spec" for arm in arms):
+            key = calibration_key(target.name, draft.name, target.nbytes)
+            cached_calibration(key, target.model, draft.model, k_max=Pair.k_max, fresh=True)
         self.pairs: dict[str, Pair] = {}
         for arm in arms:
             if arm.kind in ("plain", "spec"):

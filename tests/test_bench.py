@@ -433,3 +433,25 @@ def test_the_software_stamp_is_taken_before_the_first_run(monkeypatch):
     monkeypatch.setattr(bench_module, "software", lambda: {"version": "v", "commit": f"after {len(bench.calls)} runs"})
     result = run_suite(bench, {"code": [{"id": "a", "prompt": "x"}]}, temperatures=(0.0,))
     assert bench.calls and result["settings"]["mlx_spec"]["commit"] == "after 0 runs"
+
+
+def test_bench_recalibrates_before_its_arms_and_keeps_the_new_costs(stories_path, monkeypatch):
+    from mlx_spec import policy
+    from mlx_spec.loading import load_model
+
+    loaded = load_model(str(stories_path))
+    arms = default_arms(k_fixed=3, mlx_lm_ks=())
+    Bench(loaded, loaded, arms, max_tokens=8, chat=False)  # measures once: nothing cached yet
+    key = policy.calibration_key(loaded.name, loaded.name, loaded.nbytes)
+    cached = policy._calibration_table()[key]
+    measured = []
+    real = policy.calibrate
+    monkeypatch.setattr(policy, "calibrate", lambda *a, **kw: measured.append(1) or real(*a, **kw))
+    Bench(loaded, loaded, arms, max_tokens=8, chat=False)
+    assert measured == []  # the cached costs serve
+    bench = Bench(loaded, loaded, arms, max_tokens=8, chat=False, recalibrate=True)
+    assert measured == [1]  # measured once for all arms
+    kept = policy._calibration_table()[key]
+    assert kept != cached
+    costs = bench.pairs["mlx-spec adaptive"].engine.policy.costs
+    assert costs.draft_step == kept["draft_step"]
