@@ -9,7 +9,9 @@ VARIANT: --uncapped (no chain cap while the ledger is in the red), --no-regimes 
 source learned as one, not per prose and code regime), --no-renames (the n-gram learns no
 renames), --no-follow (the n-gram takes the latest occurrence, not the one the copy goes on
 from), --no-tail (a fixed k's spare verification rows get no free n-gram tail), --tail-bar X (a
-fixed k's tail wherever the n-gram's first-token acceptance reaches X; 0: always), --k-max N (A drafts and
+fixed k's tail wherever the n-gram's first-token acceptance reaches X; 0: always), --fresh-costs
+(A plans with costs measured now, B with those cached by an earlier run; both arms are then also
+priced at A's, "modeled_now"), --k-max N (A drafts and
 verifies up to N tokens a round, calibrated up to N + 1; B the default 15), --reference FILE (the
 AdaptiveK of another policy.py, e.g. `git show a033096:mlx_spec/policy.py > /tmp/policy_a.py`)
 or --reference-proposers FILE (A's draft chain is the DraftModelProposer of another
@@ -55,8 +57,8 @@ def main(argv: list[str]) -> None:
     options = argv[4:]
     variants = [o for o in options[:-1] if o in ("--reference", "--reference-proposers", "--k-max", "--tail-bar")]
     fixed_k = int(options[options.index("--fixed-k") + 1]) if "--fixed-k" in options[:-1] else None
-    if not {"--uncapped", "--no-regimes", "--no-renames", "--no-follow", "--no-tail"} & set(options) and not variants:
-        sys.exit("name the variant: --uncapped, --no-regimes, --no-renames, --no-follow, --no-tail, "
+    if not {"--uncapped", "--no-regimes", "--no-renames", "--no-follow", "--no-tail", "--fresh-costs"} & set(options) and not variants:
+        sys.exit("name the variant: --uncapped, --no-regimes, --no-renames, --no-follow, --no-tail, --fresh-costs, "
                  "--reference FILE, --reference-proposers FILE, --k-max N or --tail-bar X")
     spec = load_registry().get("qwen2.5-coder-1.5b")
     target, draft = load_model(spec.target), load_model(spec.draft)
@@ -69,7 +71,11 @@ def main(argv: list[str]) -> None:
     if "--k-max" in variants:  # longer chains and guesses, with costs measured up to k_max + 1
         k_max = int(options[options.index("--k-max") + 1])
         engine.policy = AdaptiveK(calibrate(target.model, draft.model, k_max=k_max), k_max)
-    if engine.tree and {"--reference", "--k-max"} & set(variants):  # a policy of A's own
+    now = None
+    if "--fresh-costs" in options:  # the host drifts: what planning with today's prices is worth
+        now = calibrate(target.model, draft.model, k_max=engine.policy.k_max)
+        engine.policy = AdaptiveK(now, engine.policy.k_max)
+    if engine.tree and ({"--reference", "--k-max"} & set(variants) or now):  # a policy of A's own
         engine.policy.allow_siblings()
     if "--no-tail" in options:
         engine.policy.tail = False
@@ -99,7 +105,9 @@ def main(argv: list[str]) -> None:
         print(json.dumps({"prompt": item["id"], "seed": seed, **{
             name: {"tokens": len(run.tokens), "speedup": round(run.tps / base, 3),
                    "modeled": round(run.stats.get("modeled_speedup") or 1.0, 3),
-                   "k": dict(sorted(run.stats["k_counts"].items(), key=lambda kv: int(kv[0])))}
+                   "k": dict(sorted(run.stats["k_counts"].items(), key=lambda kv: int(kv[0]))),
+                   **({"modeled_now": round(now.modeled_speedup(bench.pairs[name].last_stats), 3)}
+                      if now and name in ("A", "B") else {})}
             for name, run in runs.items()}}), flush=True)
 
 
