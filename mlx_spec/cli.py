@@ -350,11 +350,7 @@ def generate(
         err.print("note: the target has no chat template; sending the prompt as raw text")
     use_template = has_template if chat_template is None else (chat_template and has_template)
 
-    ids = loaded.encode(prompt, chat=use_template, system=system)
-    limit = loaded.context_length
-    if limit and len(ids) + max_tokens > limit:  # Pair.stream checks too, with chat's /reset in its hint
-        raise SpecError(f"prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceeds the "
-                        f"model's context of {limit} tokens", "shorten the prompt or lower --max-tokens")
+    ids = loaded.encode(prompt, chat=use_template, system=system)  # Pair.stream checks its length
     painter = Painter(loaded.tokenizer, use_color(sys.stdout) and not json_out)
     painter.start(ids)  # per-token colouring decodes after the prompt's last tokens
     parts, tokens, finish = [], [], None

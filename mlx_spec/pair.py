@@ -161,7 +161,7 @@ class Pair:
             raise SpecError(
                 f"prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceeds the model's "
                 f"context of {self.context_length} tokens",
-                "shorten the prompt or ask for fewer tokens (max_tokens)",
+                "shorten the prompt or lower max_tokens (--max-tokens)",
             )
         stats = Stats(target_bytes=self.target_bytes, draft_bytes=self.draft_bytes, trace=[] if trace else None)
         self.last_stats = stats
