@@ -389,6 +389,24 @@ def _tensor_names(reader, arch: str) -> dict[str, str]:
     return names
 
 
+def _swap_in(new: Path, out_dir: Path) -> None:
+    """Put the complete conversion `new` at `out_dir`. An existing `out_dir` (overwrite=True)
+    is moved aside first and removed only once the new one is in place, so a failed rename
+    leaves it where it was."""
+    if not out_dir.exists():
+        new.rename(out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+    old.rmdir()
+    out_dir.rename(old)
+    try:
+        new.rename(out_dir)
+    except OSError:
+        old.rename(out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def convert_gguf(gguf_path, out_dir, dtype: str | None = None, progress: bool = True,
                  overwrite: bool = False) -> Path:
     """Convert `gguf_path` into model directory `out_dir`; returns `out_dir`.
@@ -443,9 +461,7 @@ def convert_gguf(gguf_path, out_dir, dtype: str | None = None, progress: bool = 
                   "file_type": field(reader, "general.file_type"), "weight_bytes": nbytes,
                   "seconds": round(time.perf_counter() - start, 1)}
         (tmp / RECORD).write_text(json.dumps(record, indent=2))
-        if out_dir.exists():  # overwrite=True: swap only once the new copy is complete
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        _swap_in(tmp, out_dir)
     except OSError as e:  # disk full, permissions changed underway
         shutil.rmtree(tmp, ignore_errors=True)
         raise SpecError(f"cannot write {out_dir}: {e.strerror or e}",

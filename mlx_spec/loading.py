@@ -105,6 +105,24 @@ def load_error(path: Path, err: Exception) -> SpecError:
                      "checks them; fetch the model again (`mlx-spec models pull`) if so")
 
 
+def check_vocabulary(path: Path, model, tokenizer) -> None:
+    """Refuse a tokenizer that knows under half the model's vocabulary: a tokenizer_config.json
+    naming a slow tokenizer class whose vocabulary files are missing loads with only its
+    special tokens, and every prompt would then encode to nothing."""
+    inner = getattr(tokenizer, "_tokenizer", tokenizer)
+    rows = getattr(getattr(model, "args", None), "vocab_size", None)
+    try:
+        known = len(inner)
+    except TypeError:
+        return
+    if isinstance(rows, int) and known < rows / 2:
+        raise SpecError(f"the tokenizer of {path} knows {known} tokens, the model {rows}: its "
+                        "vocabulary files are missing or belong to another model",
+                        "the folder needs the model's tokenizer files (tokenizer.json, or "
+                        "tokenizer.model with tokenizer_config.json): copy them from where the "
+                        "model came from")
+
+
 def load_model(ref: str, dtype: str | None = None) -> LoadedModel:
     """Resolve `ref` (directory, converted name, repo id) and load it with mlx_lm.
 
@@ -126,6 +144,7 @@ def load_model(ref: str, dtype: str | None = None) -> LoadedModel:
         model, tokenizer = load(str(path))
     except Exception as e:  # unsupported model_type, bad safetensors, broken tokenizer files
         raise load_error(path, e) from e
+    check_vocabulary(path, model, tokenizer)
     quiet_length_warning(tokenizer)
     if dtype is None and backend() == "cpu":
         dtype = "float32"  # quantized and half matmuls are slow on the CPU backend

@@ -204,6 +204,35 @@ def test_existing_output_directory_is_not_overwritten(models_tiny_gguf, tmp_path
         convert_gguf(models_tiny_gguf[0], tmp_path / "taken", progress=False)
 
 
+def test_overwrite_replaces_the_old_output_whole_and_leaves_no_scratch(models_tiny_gguf,
+                                                                        tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    convert_gguf(models_tiny_gguf[0], out, progress=False, overwrite=True)
+    assert not (out / "stale.txt").exists() and (out / "config.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_overwrite_keeps_the_old_output_when_the_new_one_cannot_be_put_in(models_tiny_gguf,
+                                                                          tmp_path, monkeypatch):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    real_rename = Path.rename
+
+    def rename(self, target):  # the swap's second rename (new copy into place) fails
+        if Path(target) == out and self.suffix == ".tmp":
+            raise OSError(28, "No space left on device")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(SpecError, match="cannot write"):
+        convert_gguf(models_tiny_gguf[0], out, progress=False, overwrite=True)
+    assert (out / "stale.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
 STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "stories260K"
 
 

@@ -244,3 +244,19 @@ def test_missing_tokenizer_files_are_one_line_and_a_hint(stories_path, tmp_path)
     result = run("generate", "Once", "--raw", "--target", folder, "--no-draft", "--max-tokens", 3)
     assert_clean_error(result, "tokenizer", "tokenizer.json")
     assert "delete" not in result.stderr
+
+
+@pytest.mark.parametrize("tokenizer_class", ["LlamaTokenizer", "Qwen2Tokenizer"])
+def test_a_tokenizer_config_without_vocabulary_files_is_refused_at_load(stories_path, tmp_path,
+                                                                        tokenizer_class):
+    """A slow tokenizer class named in tokenizer_config.json loads with only its special tokens
+    when its vocabulary files are missing; every prompt would then encode to nothing."""
+    folder = tmp_path / "stub-tokenizer"
+    shutil.copytree(stories_path, folder)
+    for file in folder.glob("tokenizer*"):
+        file.unlink()
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class":
+                                                              tokenizer_class}))
+    result = run("generate", "Once", "--raw", "--target", folder, "--no-draft", "--max-tokens", 3)
+    assert_clean_error(result, "knows", "tokenizer.json")
+    assert "prompt is empty" not in result.stderr
