@@ -45,10 +45,13 @@ class Arm:
 
 
 def default_arms(k_fixed: int = 3, mlx_lm_ks: tuple[int, ...] = (3, 5), chain: bool = False,
-                 quick: bool = False) -> list[Arm]:
+                 quick: bool = False, mlx_lm_plain: bool = False) -> list[Arm]:
     """The suite's arms; `chain` adds adaptive mlx-spec verifying the draft's chain alone (no
     token tree), to measure what the tree is worth; `quick` adds adaptive mlx-spec with chat's
-    quick start, to weigh its sooner first token against the round it does not speculate."""
+    quick start, to weigh its sooner first token against the round it does not speculate;
+    `mlx_lm_plain` adds mlx-lm's own decoding without a draft, to check that the baseline
+    every speed-up is measured against is no slower than mlx-lm's (it is not one of the
+    "mlx-lm k=" arms the best-k ratio is taken over)."""
     arms = [
         Arm("plain", "plain"),
         Arm("mlx-spec adaptive", "spec", None, ngram=True),
@@ -59,6 +62,8 @@ def default_arms(k_fixed: int = 3, mlx_lm_ks: tuple[int, ...] = (3, 5), chain: b
     if quick:
         arms.append(Arm("mlx-spec adaptive quick", "spec", None, ngram=True, quick_start=True))
     arms += [Arm(f"mlx-lm k={k}", "mlx-lm", k) for k in mlx_lm_ks]
+    if mlx_lm_plain:
+        arms.append(Arm("mlx-lm plain", "mlx-lm", 0))
     return arms
 
 

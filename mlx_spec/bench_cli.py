@@ -113,6 +113,7 @@ def run(
     chain_arm: bool = typer.Option(False, "--chain-arm", help="Add adaptive mlx-spec verifying the draft's chain alone (no token tree)."),
     recalibrate: bool = typer.Option(True, "--recalibrate/--cached-costs", help="Measure the pair's costs (a plain step, a draft step, verifications) anew before the arms run, about 40 s for a 1.5B/0.5B pair on a CPU, and keep them (default), or plan with the costs cached by an earlier run on this machine."),
     quick_arm: bool = typer.Option(False, "--quick-arm", help="Add adaptive mlx-spec with chat's quick start (first round without the draft, its prefill after it)."),
+    mlx_lm_plain: bool = typer.Option(False, "--mlx-lm-plain", help="Add mlx-lm's own decoding without a draft, to check the plain baseline against it."),
     out: Optional[Path] = typer.Option(None, help="Result JSON (default benchmarks/results/bench-<time>.json)."),
     plot: Optional[Path] = typer.Option(None, help="Also write a PNG of speed-ups per category."),
     md: Optional[Path] = typer.Option(None, help=MD_HELP),
@@ -172,7 +173,8 @@ def run(
     except SpecError as e:
         raise SpecError(e.message, "pick a draft from the same model family (same tokenizer)") from None
     with console.status("measuring what a step costs on this machine…" if recalibrate else "loading costs…"):
-        bench = Bench(loaded_target, loaded_draft, default_arms(k, mlx_ks, chain=chain_arm, quick=quick_arm),
+        bench = Bench(loaded_target, loaded_draft, default_arms(k, mlx_ks, chain=chain_arm, quick=quick_arm,
+                                                         mlx_lm_plain=mlx_lm_plain),
                       max_tokens=max_tokens, chat=not raw, recalibrate=recalibrate)
     try:
         with console.status("warming up and measuring…") as status:

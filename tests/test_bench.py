@@ -106,6 +106,25 @@ def test_mlx_lm_arm_counts_its_rounds_and_drafts_exactly(stories_path):
     assert stats["acceptance_rate"] == 1.0 and stats["tau"] == pytest.approx(10 / 3)
 
 
+def test_an_mlx_lm_plain_arm_decodes_as_our_baseline_and_is_no_best_k(stories_path):
+    from mlx_spec.loading import load_model
+
+    loaded = load_model(str(stories_path))
+    arms = default_arms(mlx_lm_ks=(3,), mlx_lm_plain=True)
+    assert arms[-1].name == "mlx-lm plain" and arms[-1].kind == "mlx-lm" and arms[-1].k == 0
+    assert "mlx-lm plain" not in [a.name for a in default_arms(mlx_lm_ks=(3,))]
+    bench = Bench(loaded, loaded, [arms[0], arms[-1]], max_tokens=10, chat=False)
+    ids = loaded.tokenizer.encode("Once upon a time")
+    ours, theirs = bench.run(arms[0], ids, 0.0, 0), bench.run(arms[-1], ids, 0.0, 0)
+    assert theirs.tokens == ours.tokens
+    assert (theirs.stats["rounds"], theirs.stats["accepted"], theirs.stats["tau"]) == (10, 0, 1.0)
+    # a plain mlx-lm arm faster than every speculative one is still not "mlx-lm's best k"
+    runs = [{"temperature": 0, "category": "c", "prompt": "a", "arm": arm, "tps": s, "speedup": s,
+             "stats": None} for arm, s in (("x", 2.0), ("mlx-lm k=3", 1.25), ("mlx-lm plain", 1.6))]
+    v = summarize(runs, ["x", "mlx-lm k=3", "mlx-lm plain"])["0"]["c"]
+    assert v["x"]["vs_mlx_lm_best"] == pytest.approx(2.0 / 1.25)
+
+
 def test_mlx_lm_first_round_is_read_from_the_stream():
     assert first_round_tokens([True, True, False, True, False]) == 3  # two accepted drafts, then its own
     assert first_round_tokens([False, True, False]) == 1
