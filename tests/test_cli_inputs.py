@@ -207,3 +207,29 @@ def test_a_conversation_adds_up_the_tails_of_its_replies():
 
     replies = [Stats(rounds=5, drafted=28, tail_proposed=8), Stats(rounds=5, drafted=28, tail_proposed=8)]
     assert combine(replies).tail_proposed == 16
+
+
+def test_ctrl_c_while_the_command_is_still_starting_exits_130_without_a_traceback(monkeypatch,
+                                                                                  capsys):
+    import builtins
+
+    from mlx_spec.__main__ import main
+
+    real_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):  # Ctrl-C lands while the CLI's modules load
+        if name == "mlx_spec.cli":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 130
+    assert capsys.readouterr().err == ""
+
+
+def test_the_console_script_and_python_m_run_the_same_cli():
+    result = subprocess.run([sys.executable, "-m", "mlx_spec", "--version"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("mlx-spec ")
