@@ -16,6 +16,8 @@ from mlx_spec.resolve import is_model_dir, resolve_model
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json",
                    "tiktoken.model")
+TOKENIZER_HINT = ("the folder needs the model's tokenizer files (tokenizer.json, or tokenizer.model "
+                  "with tokenizer_config.json): copy them from where the model came from")
 
 
 @dataclass
@@ -97,9 +99,7 @@ def load_error(path: Path, err: Exception) -> SpecError:
         else:
             first = f"{type(err).__name__}: {first}"
         return SpecError(f"could not load the tokenizer of {path}: {first}",
-                         "the folder needs the model's tokenizer files (tokenizer.json, or "
-                         "tokenizer.model with tokenizer_config.json): copy them from where the "
-                         "model came from")
+                         TOKENIZER_HINT)
     return SpecError(f"could not load model from {path}: {type(err).__name__}: {first}",
                      "the files may be incomplete or corrupt: `mlx-spec models info PATH` "
                      "checks them; fetch the model again (`mlx-spec models pull`) if so")
@@ -118,9 +118,7 @@ def check_vocabulary(path: Path, model, tokenizer) -> None:
     if isinstance(rows, int) and known < rows / 2:
         raise SpecError(f"the tokenizer of {path} knows {known} tokens, the model {rows}: its "
                         "vocabulary files are missing or belong to another model",
-                        "the folder needs the model's tokenizer files (tokenizer.json, or "
-                        "tokenizer.model with tokenizer_config.json): copy them from where the "
-                        "model came from")
+                        TOKENIZER_HINT)
 
 
 def load_model(ref: str, dtype: str | None = None) -> LoadedModel:
