@@ -8,7 +8,9 @@ Usage: python3 benchmarks/policy_ab.py TEMP CATEGORY PROMPT_IDS SEEDS [--plain] 
 VARIANT: --uncapped (no chain cap while the ledger is in the red), --no-regimes (a paid
 source learned as one, not per prose and code regime), --no-renames (the n-gram learns no
 renames), --no-follow (the n-gram takes the latest occurrence, not the one the copy goes on
-from), --no-tail (a fixed k's spare verification rows get no free n-gram tail), --tail-bar X (a
+from), --no-tail (a fixed k's spare verification rows get no free n-gram tail), --no-tail-rows
+(a fixed k buys no verification rows for its tail: the tail gets only the rows its chain and
+siblings are verified in), --tail-bar X (a
 fixed k's tail wherever the n-gram's first-token acceptance reaches X; 0: always), --fresh-costs
 (A plans with costs measured now, B with those cached by an earlier run; both arms are then also
 priced at A's, "modeled_now"), --k-max N (A drafts and
@@ -57,8 +59,10 @@ def main(argv: list[str]) -> None:
     options = argv[4:]
     variants = [o for o in options[:-1] if o in ("--reference", "--reference-proposers", "--k-max", "--tail-bar")]
     fixed_k = int(options[options.index("--fixed-k") + 1]) if "--fixed-k" in options[:-1] else None
-    if not {"--uncapped", "--no-regimes", "--no-renames", "--no-follow", "--no-tail", "--fresh-costs"} & set(options) and not variants:
-        sys.exit("name the variant: --uncapped, --no-regimes, --no-renames, --no-follow, --no-tail, --fresh-costs, "
+    if not {"--uncapped", "--no-regimes", "--no-renames", "--no-follow", "--no-tail", "--no-tail-rows",
+            "--fresh-costs"} & set(options) and not variants:
+        sys.exit("name the variant: --uncapped, --no-regimes, --no-renames, --no-follow, --no-tail, --no-tail-rows, "
+                 "--fresh-costs, "
                  "--reference FILE, --reference-proposers FILE, --k-max N or --tail-bar X")
     spec = load_registry().get("qwen2.5-coder-1.5b")
     target, draft = load_model(spec.target), load_model(spec.draft)
@@ -79,6 +83,8 @@ def main(argv: list[str]) -> None:
         engine.policy.allow_siblings()
     if "--no-tail" in options:
         engine.policy.tail = False
+    if "--no-tail-rows" in options:
+        engine.policy.tail_size = lambda source, k, size, key, room: size
     if "--tail-bar" in variants:
         engine.policy.tail_bar = float(options[options.index("--tail-bar") + 1])
     if "--uncapped" in options:

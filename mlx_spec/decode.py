@@ -192,6 +192,29 @@ class Engine:
         k = proposal.k if proposal else 0
         return self.policy.verify_tokens(k, proposal.key if self._siblings_allowed(proposal, sampling) else None)
 
+    def _spare(self, proposal: Proposal, size: int, sampling: SamplingParams, k_limit: int) -> int:
+        """Rows of a verification of `size` tokens left for a tail after the root, the proposal
+        and one sibling per drafted position (within the token budget)."""
+        reserve = proposal.k if self._siblings_allowed(proposal, sampling) else 0
+        return min(size - 1 - proposal.k - reserve, k_limit - proposal.k)
+
+    def _tail_size(self, proposal: Proposal | None, size: int, sampling: SamplingParams,
+                   k_limit: int) -> int:
+        """The verification's size, grown where the policy expects the n-gram's tail in a
+        larger one's extra rows to land more tokens than the rows cost (`tail_size`: a fixed
+        k on a machine where padding is not free)."""
+        pick = getattr(self.policy, "tail_size", None)
+        worth = getattr(self.policy, "tail_worth", None)
+        if pick is None or proposal is None or self.guesser is None or not worth():
+            return size
+        drafted = proposal.host if proposal.host is not None else proposal.tokens.tolist()
+        tail, n = self.guesser.continuation_match(self.context, drafted, k_limit - proposal.k)
+        key = f"{self.guesser.name}:{n}"
+        if not tail or not worth(key):
+            return size
+        return pick(proposal.key, proposal.k, size, key,
+                    lambda s: max(min(self._spare(proposal, s, sampling, k_limit), len(tail)), 0))
+
     def _with_tail(self, proposal: Proposal | None, size: int, sampling: SamplingParams,
                    k_limit: int) -> Proposal | None:
         """The proposal extended into the verification's spare rows by a free guess (the
@@ -203,8 +226,7 @@ class Engine:
         worth = getattr(self.policy, "tail_worth", None)
         if proposal is None or self.guesser is None or worth is None or not worth():
             return proposal
-        reserve = proposal.k if self._siblings_allowed(proposal, sampling) else 0
-        room = min(size - 1 - proposal.k - reserve, k_limit - proposal.k)
+        room = self._spare(proposal, size, sampling, k_limit)
         if room <= 0:
             return proposal
         drafted = proposal.host if proposal.host is not None else proposal.tokens.tolist()
@@ -313,6 +335,7 @@ class Engine:
             k_limit = max_tokens - generated - 1
             proposal, shadows = self._propose(sampling, rng, k_limit, paid=not waiting)
             size = self._size(proposal, sampling)
+            size = self._tail_size(proposal, size, sampling, k_limit)
             proposal = self._with_tail(proposal, size, sampling, k_limit)
             t1 = time.perf_counter()
             graph, tree, size = self._verify(proposal, sampling, rng, size)

@@ -171,6 +171,31 @@ class FixedK:
         keys = [key] if key else [k for k in self.estimates.counts if self.estimates._free(k)]
         return any(self.estimates.alpha(k) >= self.tail_bar for k in keys)
 
+    def tail_size(self, source: str, k: int, size: int, tail_key: str, room) -> int:
+        """The verification's size for k drafts from `source` that the n-gram would carry on
+        (its guesses of kind `tail_key`): `size`, chosen for the chain and its siblings, or a
+        larger measured size whose extra rows (`room(s)`: tail tokens a size holds) are
+        expected to land more tokens than they cost. A tail token lands when the k drafts and
+        the guesses before it are all accepted: the drafts' estimates times the n-gram's (the
+        last position's estimate carried on past the positions tracked). Where the rows past
+        the chain are padding anyway (OpenBLAS's Haswell kernels on host E: 16 rows cost what
+        4 do) `size` already holds them; where a 16-row verification costs more than 4 to 8
+        (its SkylakeX kernels on host F) the tail is bought only where it pays."""
+        est = self.estimates
+        if est is None or not self.costs.ladder:
+            return size
+        reach = math.prod(est.alphas(source)[:k])
+        guesses = est.alphas(tail_key)
+
+        def rate(s: int) -> float:
+            gain, r = 0.0, reach
+            for j in range(room(s)):
+                r *= guesses[min(j, len(guesses) - 1)]
+                gain += r
+            return (est.expected(source, k, s) + gain) / self.costs.round_cost(k, size=s)
+
+        return max([size] + [s for s in self.costs.sizes(k) if s > size], key=rate)
+
     def chain(self, source: str, k: int) -> tuple[int, float]:
         """(k, 0.0): a fixed k is drafted in full, never stopped early."""
         return k, 0.0

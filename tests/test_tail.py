@@ -162,3 +162,38 @@ def test_a_real_pair_at_a_fixed_k_with_its_tail_equals_plain(stories):
     result = pair.generate(prompt, max_tokens=48, chat=False)
     assert result.tokens == Pair(model, tok).generate(prompt, max_tokens=48, chat=False).tokens
     assert result.stats.tail_proposed > 0
+
+
+def ladder_costs(sixteen: float, eight: float = 1.55, row: float = 0.1) -> Costs:
+    """No padding is free: k drafts are verified in k + 1 rows (1 + `row` per row past the
+    first), and 8 and 16 rows cost `eight` and `sixteen`."""
+    verify = [1.0 + row * k for k in range(5)]
+    ladder = {t + 1: s for t, s in enumerate(verify)} | {8: eight, 16: sixteen}
+    return Costs(draft_step=0.1, verify=verify, verify_tokens=[1, 2, 3, 4, 5], ladder=ladder)
+
+
+def test_a_fixed_k_buys_rows_for_its_tail_only_where_they_pay():
+    policy = FixedK(2, ladder_costs(1.6))
+    for _ in range(4):
+        policy.update("draft", 2, 2)
+        policy.update("ngram:3", 2, 2)  # the drafts and the n-gram's guesses have been landing
+    room = lambda s: max(s - 1 - 2 - 2, 0)  # noqa: E731  (root, 2 drafts, 2 siblings)
+    assert policy.tail_size("draft", 2, 3, "ngram:3", room) == 16
+    assert FixedK(2, ladder_costs(4.0, 4.0)).tail_size("draft", 2, 3, "ngram:3", room) < 8  # too dear
+    policy.update("ngram:2", 2, 0)
+    policy.update("ngram:2", 2, 0)
+    policy.update("ngram:2", 2, 0)  # 2-token matches: guessed wrong
+    assert policy.tail_size("draft", 2, 3, "ngram:2", room) < 16
+    assert policy.tail_size("draft", 2, 3, "ngram:3", lambda s: 0) == 3  # no tail: no rows
+    assert FixedK(2).tail_size("draft", 2, 3, "ngram:3", room) == 3  # no costs: as chosen
+
+
+def test_bought_rows_carry_the_tail_and_stay_lossless(models):
+    target, draft = Repeater(models[0]), models[1]
+    tokens, stats = decode(engine(target, draft, FixedK(2, ladder_costs(1.6))))
+    assert tokens == plain(target)
+    assert stats.tail_proposed > 0 and max(stats.verify_sizes) > 3  # more than k + 1 rows
+    dear = decode(engine(target, draft, FixedK(2, ladder_costs(40.0, 20.0, row=2.0))))
+    assert dear[0] == plain(target) and dear[1].tail_proposed == 0
+    adaptive = decode(engine(target, draft, AdaptiveK(ladder_costs(1.6), k_max=4)))[1]
+    assert adaptive.tail_proposed == 0  # an adaptive k drafts on instead
