@@ -198,42 +198,34 @@ class Engine:
         reserve = proposal.k if self._siblings_allowed(proposal, sampling) else 0
         return min(size - 1 - proposal.k - reserve, k_limit - proposal.k)
 
-    def _tail_size(self, proposal: Proposal | None, size: int, sampling: SamplingParams,
-                   k_limit: int) -> int:
-        """The verification's size, grown where the policy expects the n-gram's tail in a
-        larger one's extra rows to land more tokens than the rows cost (`tail_size`: a fixed
-        k on a machine where padding is not free)."""
-        pick = getattr(self.policy, "tail_size", None)
+    def _with_tail(self, proposal: Proposal | None, size: int, sampling: SamplingParams,
+                   k_limit: int) -> tuple[Proposal | None, int]:
+        """The proposal extended into the verification's spare rows by a free guess (the
+        n-gram's continuation of context + proposal), where the policy asks for it (a fixed k:
+        its k paid draft steps stay k, the rows past them are fed anyway), and the size to
+        verify it in. One row per drafted position stays for its best sibling. The tail is
+        proposed as any token is, so the round stays lossless; it pays when the whole proposal
+        is accepted (the policy may keep the rows for the siblings where the n-gram's guesses
+        of its kind fail: `tail_worth`). Where padding is not free, the policy may grow the
+        size so that more of the tail fits (`tail_size`: only where the rows pay)."""
         worth = getattr(self.policy, "tail_worth", None)
-        if pick is None or proposal is None or self.guesser is None or not worth():
-            return size
+        if proposal is None or self.guesser is None or worth is None or not worth():
+            return proposal, size
         drafted = proposal.host if proposal.host is not None else proposal.tokens.tolist()
         tail, n = self.guesser.continuation_match(self.context, drafted, k_limit - proposal.k)
         key = f"{self.guesser.name}:{n}"
         if not tail or not worth(key):
-            return size
-        return pick(proposal.key, proposal.k, size, key,
-                    lambda s: max(min(self._spare(proposal, s, sampling, k_limit), len(tail)), 0))
+            return proposal, size
 
-    def _with_tail(self, proposal: Proposal | None, size: int, sampling: SamplingParams,
-                   k_limit: int) -> Proposal | None:
-        """The proposal extended into the verification's spare rows by a free guess (the
-        n-gram's continuation of context + proposal), where the policy asks for it (a fixed k:
-        its k paid draft steps stay k, the rows past them are fed anyway). One row per drafted
-        position stays for its best sibling. The tail is proposed as any token is, so the
-        round stays lossless; it pays when the whole proposal is accepted (the policy may keep
-        the rows for the siblings where the n-gram's guesses of its kind fail: `tail_worth`)."""
-        worth = getattr(self.policy, "tail_worth", None)
-        if proposal is None or self.guesser is None or worth is None or not worth():
-            return proposal
-        room = self._spare(proposal, size, sampling, k_limit)
-        if room <= 0:
-            return proposal
-        drafted = proposal.host if proposal.host is not None else proposal.tokens.tolist()
-        tail, n = self.guesser.continuation_match(self.context, drafted, room)
-        if not tail or not worth(f"{self.guesser.name}:{n}"):
-            return proposal
-        return proposal.extended(tail, drafted)
+        def room(s: int) -> int:  # tail tokens a verification of s tokens holds
+            return max(min(self._spare(proposal, s, sampling, k_limit), len(tail)), 0)
+
+        pick = getattr(self.policy, "tail_size", None)
+        if pick is not None:
+            size = pick(proposal.key, proposal.k, size, key, room)
+        if room(size) == 0:
+            return proposal, size
+        return proposal.extended(tail[: room(size)], drafted), size
 
     def _verify(self, proposal: Proposal | None, sampling: SamplingParams, rng, size: int
                 ) -> tuple[mx.array, Tree | None, int]:
@@ -334,9 +326,7 @@ class Engine:
             t0 = time.perf_counter()
             k_limit = max_tokens - generated - 1
             proposal, shadows = self._propose(sampling, rng, k_limit, paid=not waiting)
-            size = self._size(proposal, sampling)
-            size = self._tail_size(proposal, size, sampling, k_limit)
-            proposal = self._with_tail(proposal, size, sampling, k_limit)
+            proposal, size = self._with_tail(proposal, self._size(proposal, sampling), sampling, k_limit)
             t1 = time.perf_counter()
             graph, tree, size = self._verify(proposal, sampling, rng, size)
             values = host_sync(graph)

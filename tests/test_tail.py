@@ -102,11 +102,11 @@ def test_the_tail_fills_the_rows_left_after_one_sibling_per_draft(models):
     drafted = Proposal(mx.array([3, 4], dtype=mx.int32), None, "draft", siblings=runners)
     greedy = SamplingParams()
     # 8 rows: the root, 2 drafts, a sibling for each, 3 left for the tail
-    assert eng._with_tail(drafted, 8, greedy, 20).tokens.tolist() == [3, 4, 5, 6, 7]
+    assert eng._with_tail(drafted, 8, greedy, 20)[0].tokens.tolist() == [3, 4, 5, 6, 7]
     guessed = Proposal(mx.array([3, 4], dtype=mx.int32), None, "ngram", host=[3, 4])  # no siblings
-    assert eng._with_tail(guessed, 8, greedy, 20).tokens.tolist() == [3, 4, 5, 6, 7, 8, 9]
-    assert eng._with_tail(guessed, 8, greedy, 3).tokens.tolist() == [3, 4, 5]  # the token budget
-    assert eng._with_tail(guessed, 3, greedy, 20).k == 2  # no spare row
+    assert eng._with_tail(guessed, 8, greedy, 20)[0].tokens.tolist() == [3, 4, 5, 6, 7, 8, 9]
+    assert eng._with_tail(guessed, 8, greedy, 3)[0].tokens.tolist() == [3, 4, 5]  # the token budget
+    assert eng._with_tail(guessed, 3, greedy, 20)[0].k == 2  # no spare row
 
 
 def test_the_tail_respects_the_token_budget(models):
@@ -136,12 +136,12 @@ def test_the_tail_goes_only_where_the_ngrams_guesses_land(models):
     eng = engine(target, draft, policy)
     guess = Proposal(mx.array([4], dtype=mx.int32), None, "ngram", host=[4])
     eng.context = [1, 2, 3, 4, 5, 6, 7, 8, 2, 3]  # + 4: "2 3 4" matches, 3 tokens
-    assert eng._with_tail(guess, 8, SamplingParams(), 20).k == 1
+    assert eng._with_tail(guess, 8, SamplingParams(), 20)[0].k == 1
     eng.context = [1, 2, 3, 4, 5, 6, 7, 8, 9, 3]  # + 4: "3 4" matches, 2 tokens
-    assert eng._with_tail(guess, 8, SamplingParams(), 20).tokens.tolist() == [4, 5, 6, 7, 8, 9, 3]
+    assert eng._with_tail(guess, 8, SamplingParams(), 20)[0].tokens.tolist() == [4, 5, 6, 7, 8, 9, 3]
     policy.tail_bar = 0.0  # no bar: a tail wherever the n-gram has one
     eng.context = [1, 2, 3, 4, 5, 6, 7, 8, 2, 3]
-    assert eng._with_tail(guess, 8, SamplingParams(), 20).tokens.tolist() == [4, 5, 6, 7, 8, 2, 3]
+    assert eng._with_tail(guess, 8, SamplingParams(), 20)[0].tokens.tolist() == [4, 5, 6, 7, 8, 2, 3]
 
 
 def test_no_tail_without_spare_rows_a_guesser_or_a_fixed_k(models):
