@@ -541,16 +541,59 @@ def calibrate(target, draft=None, k_max: int = 8, context: int = 128, repeats: i
     sizes = sorted({t for t in ladder if t <= 2 * (k_max + 1)} | {k_max + 1})
     models = [(target, sizes)] + ([(draft, [1, k_max + 1])] if draft is not None else [])
     measured, *drafted = _forward_costs(models, context, repeats)
-    verify, verify_tokens = [], []
-    for k in range(k_max + 1):
-        best = min((t for t in sizes if t >= k + 1), key=lambda t: (measured[t], t))
-        verify.append(measured[best])
-        verify_tokens.append(best)
     draft_step, draft_batch = 0.0, None
     if drafted:
         draft_step, draft_batch = drafted[0][1], drafted[0][k_max + 1]
+    return _costs(measured, draft_step, draft_batch, k_max)
+
+
+def _costs(ladder: dict[int, float], draft_step: float, draft_batch: float | None, k_max: int) -> Costs:
+    """Costs from measured target forwards (tokens -> seconds): each k verified at the
+    cheapest measured size of at least k+1 tokens."""
+    verify, verify_tokens = [], []
+    for k in range(k_max + 1):
+        best = min((t for t in ladder if t >= k + 1), key=lambda t: (ladder[t], t))
+        verify.append(ladder[best])
+        verify_tokens.append(best)
     return Costs(draft_step=draft_step, verify=verify, verify_tokens=verify_tokens, draft_batch=draft_batch,
-                 ladder=measured)
+                 ladder=dict(ladder))
+
+
+# A fresh calibration whose plan-setting ratios (a draft step, a draft batch and each measured
+# verification, in plain steps) differ from the cached ones by more than this is read once more,
+# and the median of the three readings is kept (`cached_calibration`).
+CALIBRATION_AGREE = 0.15
+
+
+def _ratios(costs: Costs) -> dict[str, float]:
+    plain = costs.ladder[1]
+    ratios = {f"verify {t}": s / plain for t, s in costs.ladder.items()}
+    ratios["draft step"] = costs.draft_step / plain
+    if costs.draft_batch is not None:
+        ratios["draft batch"] = costs.draft_batch / plain
+    return ratios
+
+
+def _comparable(a: Costs | None, b: Costs) -> bool:
+    return bool(a and a.ladder and b.ladder and 1 in b.ladder and set(a.ladder) == set(b.ladder)
+                and (a.draft_batch is None) == (b.draft_batch is None) and a.ladder[1] > 0 and b.ladder[1] > 0)
+
+
+def _disagree(a: Costs, b: Costs, tolerance: float = CALIBRATION_AGREE) -> bool:
+    ra, rb = _ratios(a), _ratios(b)
+    return any(abs(rb[name] - ra[name]) > tolerance * ra[name] for name in ra if ra[name] > 0)
+
+
+def _median_costs(readings: list[Costs], k_max: int) -> Costs:
+    """Per ratio the median over the readings, scaled by the median plain step: a reading
+    whose plain step or draft step was misread (a host that slowed one model for most of a
+    minute) is outvoted by the two that agree."""
+    plain = statistics.median(c.ladder[1] for c in readings)
+    ratios = [_ratios(c) for c in readings]
+    median = {name: statistics.median(r[name] for r in ratios) for name in ratios[0]}
+    ladder = {t: plain * median[f"verify {t}"] for t in readings[0].ladder}
+    batch = plain * median["draft batch"] if "draft batch" in median else None
+    return _costs(ladder, plain * median["draft step"], batch, k_max)
 
 
 def calibration_path() -> Path:
@@ -620,7 +663,10 @@ def calibrated_pairs() -> list[tuple[str, str, Costs]]:
 def cached_calibration(key: str, target, draft=None, k_max: int = 8, fresh: bool = False) -> Costs:
     """Costs for this machine and pair, measured once and kept in calibration.json; `fresh`
     measures them again (a shared host drifts: on host E a cached draft step read 0.32 of a
-    plain step when it had come to cost 0.35) and keeps the new ones."""
+    plain step when it had come to cost 0.35) and keeps the new ones. Where the new reading's
+    ratios disagree with the cached ones by more than CALIBRATION_AGREE, a third reading
+    settles it: the median of the three is kept (host G once read a draft step at 0.48 of a
+    plain step, where its four other readings were 0.30 to 0.34)."""
     path = calibration_path()
     table = _calibration_table()
     costs = _cached_costs(table.get(key))
@@ -629,7 +675,10 @@ def cached_calibration(key: str, target, draft=None, k_max: int = 8, fresh: bool
         draft is None or costs.draft_batch is not None
     ):
         return costs
-    costs = calibrate(target, draft, k_max=k_max)
+    new = calibrate(target, draft, k_max=k_max)
+    if fresh and _comparable(costs, new) and _disagree(costs, new):
+        new = _median_costs([costs, new, calibrate(target, draft, k_max=k_max)], k_max)
+    costs = new
     table[key] = asdict(costs)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import asdict
 
 import pytest
 from typer.testing import CliRunner
@@ -464,13 +465,48 @@ def test_bench_recalibrates_before_its_arms_and_keeps_the_new_costs(stories_path
     key = policy.calibration_key(loaded.name, loaded.name, loaded.nbytes)
     cached = policy._calibration_table()[key]
     measured = []
-    real = policy.calibrate
-    monkeypatch.setattr(policy, "calibrate", lambda *a, **kw: measured.append(1) or real(*a, **kw))
+    # a new reading on a host that became 10% slower alike for both models (the same ratios)
+    slower = policy.Costs(**{**cached, "draft_step": cached["draft_step"] * 1.1, "verify": [s * 1.1 for s in cached["verify"]],
+                             "draft_batch": cached["draft_batch"] * 1.1, "ladder": {t: s * 1.1 for t, s in cached["ladder"].items()}})
+    monkeypatch.setattr(policy, "calibrate", lambda *a, **kw: measured.append(1) or slower)
     Bench(loaded, loaded, arms, max_tokens=8, chat=False)
     assert measured == []  # the cached costs serve
     bench = Bench(loaded, loaded, arms, max_tokens=8, chat=False, recalibrate=True)
-    assert measured == [1]  # measured once for all arms
+    assert measured == [1]  # measured once for all arms: it agrees with the cached ratios
     kept = policy._calibration_table()[key]
     assert kept != cached
     costs = bench.pairs["mlx-spec adaptive"].engine.policy.costs
     assert costs.draft_step == kept["draft_step"]
+
+
+def _reading(plain: float, draft: float, sixteen: float):
+    """Costs as a calibration reads them: a plain step of `plain` seconds, a draft step and a
+    16-token forward as `draft` and `sixteen` plain steps (2 tokens: 1.2; k_max 3)."""
+    from mlx_spec.policy import _costs
+
+    return _costs({1: plain, 2: 1.2 * plain, 4: 1.4 * plain, 16: sixteen * plain}, draft * plain, 0.5 * plain, 3)
+
+
+@pytest.mark.parametrize("second, third, kept", [
+    # agrees with the cached reading (within 15%): kept as read, no third reading
+    ((0.70, 0.30, 1.60), None, (0.70, 0.30, 1.60)),
+    # a misread draft step (host G's 0.48): read once more, the median of the three kept
+    ((0.556, 0.48, 1.73), (0.66, 0.34, 1.67), (0.637, 0.34, 1.67)),
+])
+def test_a_fresh_calibration_that_disagrees_with_the_cached_one_is_read_once_more(second, third, kept, monkeypatch):
+    from mlx_spec import policy
+
+    key = "machine|t|d|1"
+    policy.calibration_path().parent.mkdir(parents=True, exist_ok=True)
+    policy.calibration_path().write_text(json.dumps({key: asdict(_reading(0.637, 0.34, 1.51))}))
+    readings = [_reading(*second)] + ([_reading(*third)] if third else [])
+    calls = []
+    monkeypatch.setattr(policy, "calibrate", lambda *a, **kw: calls.append(1) or readings[len(calls) - 1])
+    costs = policy.cached_calibration(key, None, None, k_max=3, fresh=True)
+    assert len(calls) == len(readings)
+    plain, draft, sixteen = kept
+    assert costs.verify[0] == pytest.approx(plain)
+    assert costs.draft_step / costs.verify[0] == pytest.approx(draft)
+    assert costs.ladder[16] / costs.verify[0] == pytest.approx(sixteen)
+    assert costs.verify_tokens == [1, 2, 4, 4]  # sizes chosen again from the kept ladder
+    assert json.loads(policy.calibration_path().read_text())[key]["draft_step"] == pytest.approx(costs.draft_step)
