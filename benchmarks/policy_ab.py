@@ -20,20 +20,26 @@ or --reference-proposers FILE (A's draft chain is the DraftModelProposer of anot
 proposers.py, e.g. `git show 813e88c:mlx_spec/proposers.py > /tmp/proposers_a.py`, whose
 sampled chain read the draft's top probability); variants named together all apply to A.
 --fixed-k N runs both arms at a fixed k (the suite's fixed-k arm) instead of adaptive; it goes
-with --reference-proposers.
+with --reference-proposers. --no-learned-costs: A plans with the calibration alone, B reprices
+drafting by what its rounds take (round_costs.py). --misread-draft X: both arms start from a
+calibration whose draft forwards are priced X times as measured (a misread, as host G's 0.48
+for 0.33), both are then also priced at the true calibration ("modeled_true"); with
+--no-learned-costs, A keeps the misread while B learns from its rounds.
 Example: python3 benchmarks/policy_ab.py 0.7 open story,poem 7,8 --plain --uncapped
 Needs the pair: mlx-spec models pull qwen2.5-coder-1.5b.
 """
 import dataclasses
 import importlib.util
+import inspect
 import json
 import sys
 
 from mlx_spec.bench import Arm, Bench, load_prompts
 from mlx_spec.loading import load_model
-from mlx_spec.policy import AdaptiveK, calibrate
+from mlx_spec.policy import AdaptiveK, FixedK, calibrate
 from mlx_spec.proposers import DraftModelProposer, NgramProposer
 from mlx_spec.registry import load_registry
+from mlx_spec.round_costs import scaled
 
 
 def load_reference(path: str, name: str):
@@ -48,8 +54,24 @@ def load_reference(path: str, name: str):
 def reference_policy(path: str, current):
     """An AdaptiveK from another policy.py, with the current one's costs and k_max."""
     module = load_reference(path, "policy_reference")
-    costs = module.Costs(**dataclasses.asdict(current.costs))
-    return module.AdaptiveK(costs, current.k_max)
+    costs = module.Costs(**dataclasses.asdict(current.calibration))
+    policy = module.AdaptiveK(costs, current.k_max)
+    if "seconds" not in inspect.signature(policy.settle).parameters:  # from before round_costs.py
+        settle = policy.settle
+        policy.settle = lambda tokens, verified, forwards=(), seconds=None: settle(tokens, verified, forwards)
+    if not hasattr(policy, "calibration"):
+        policy.calibration = costs  # what the bench prices its rounds at
+    return policy
+
+
+def rebuilt(engine, costs, learn: bool = True):
+    """The engine's kind of policy (adaptive or its fixed k) planning from `costs`."""
+    old = engine.policy
+    policy = FixedK(old.k, costs, learn_costs=learn) if isinstance(old, FixedK) else AdaptiveK(
+        costs, old.k_max, learn_costs=learn)
+    if engine.tree:
+        policy.allow_siblings()
+    return policy
 
 
 def main(argv: list[str]) -> None:
@@ -57,12 +79,13 @@ def main(argv: list[str]) -> None:
         sys.exit(__doc__)
     temp, category, wanted, seeds = float(argv[0]), argv[1], argv[2].split(","), [int(s) for s in argv[3].split(",")]
     options = argv[4:]
-    variants = [o for o in options[:-1] if o in ("--reference", "--reference-proposers", "--k-max", "--tail-bar")]
+    variants = [o for o in options[:-1] if o in ("--reference", "--reference-proposers", "--k-max", "--tail-bar",
+                                                  "--misread-draft")]
     fixed_k = int(options[options.index("--fixed-k") + 1]) if "--fixed-k" in options[:-1] else None
     if not {"--uncapped", "--no-regimes", "--no-renames", "--no-follow", "--no-tail", "--no-tail-rows",
-            "--fresh-costs"} & set(options) and not variants:
+            "--fresh-costs", "--no-learned-costs"} & set(options) and not variants:
         sys.exit("name the variant: --uncapped, --no-regimes, --no-renames, --no-follow, --no-tail, --no-tail-rows, "
-                 "--fresh-costs, "
+                 "--fresh-costs, --no-learned-costs, --misread-draft X, "
                  "--reference FILE, --reference-proposers FILE, --k-max N or --tail-bar X")
     spec = load_registry().get("qwen2.5-coder-1.5b")
     target, draft = load_model(spec.target), load_model(spec.draft)
@@ -74,13 +97,21 @@ def main(argv: list[str]) -> None:
         engine.policy = reference_policy(options[options.index("--reference") + 1], engine.policy)
     if "--k-max" in variants:  # longer chains and guesses, with costs measured up to k_max + 1
         k_max = int(options[options.index("--k-max") + 1])
-        engine.policy = AdaptiveK(calibrate(target.model, draft.model, k_max=k_max), k_max)
+        engine.policy = AdaptiveK(calibrate(target.model, draft.model, k_max=k_max), k_max, learn_costs=True)
     now = None
     if "--fresh-costs" in options:  # the host drifts: what planning with today's prices is worth
         now = calibrate(target.model, draft.model, k_max=engine.policy.k_max)
-        engine.policy = AdaptiveK(now, engine.policy.k_max)
+        engine.policy = AdaptiveK(now, engine.policy.k_max, learn_costs=True)
     if engine.tree and ({"--reference", "--k-max"} & set(variants) or now):  # a policy of A's own
         engine.policy.allow_siblings()
+    true = None
+    if "--misread-draft" in variants:  # both arms start from the same misread
+        true = engine.policy.calibration
+        misread = scaled(true, float(options[options.index("--misread-draft") + 1]))
+        for name in ("A", "B"):
+            bench.pairs[name].engine.policy = rebuilt(bench.pairs[name].engine, misread)
+    if "--no-learned-costs" in options:
+        engine.policy = rebuilt(engine, engine.policy.calibration, learn=False)
     if "--no-tail" in options:
         engine.policy.tail = False
     if "--no-tail-rows" in options:
@@ -113,7 +144,10 @@ def main(argv: list[str]) -> None:
                    "modeled": round(run.stats.get("modeled_speedup") or 1.0, 3),
                    "k": dict(sorted(run.stats["k_counts"].items(), key=lambda kv: int(kv[0]))),
                    **({"modeled_now": round(now.modeled_speedup(bench.pairs[name].last_stats), 3)}
-                      if now and name in ("A", "B") else {})}
+                      if now and name in ("A", "B") else {}),
+                   **({"modeled_true": round(true.modeled_speedup(bench.pairs[name].last_stats), 3)}
+                      if true and name in ("A", "B") else {}),
+                   **({"draft_price": round(run.stats["draft_price"], 3)} if run.stats.get("draft_price") else {})}
             for name, run in runs.items()}}), flush=True)
 
 

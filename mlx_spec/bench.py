@@ -162,7 +162,7 @@ class Bench:
     def costs(self, arm: Arm):
         """The calibrated costs an mlx-spec arm's policy plans with (None: plain, mlx-lm)."""
         pair = self.pairs.get(arm.name)
-        return getattr(pair.engine.policy, "costs", None) if pair else None
+        return getattr(pair.engine.policy, "calibration", None) if pair else None
 
     def _run_mlx_lm(self, arm: Arm, ids, temperature, seed, max_tokens) -> Run:
         from mlx_lm import stream_generate
@@ -342,6 +342,8 @@ def summarize(records: list[dict], arm_names: list[str]) -> dict:
                 "tau": _median([s["tau"] for s in stats]),
                 "acceptance_rate": _median([s.get("acceptance_rate") for s in stats]),
                 "mean_k": _median([s.get("mean_k") for s in stats]),
+                # the draft's price relative to the calibration's as the rounds took it
+                "draft_price": _median([s.get("draft_price") for s in stats]),
                 "time_split": {
                     part: _median([s["time_split"][part] for s in stats if "time_split" in s])
                     for part in ("draft", "verify", "other")

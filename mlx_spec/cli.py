@@ -415,7 +415,7 @@ def _check_trace_path(path: Path) -> None:
 def _write_trace(loaded, stats, path: Path, err, partial: bool = False) -> None:
     from mlx_spec.trace import source_totals, totals_lines, trace_records, write_trace
 
-    records = trace_records(stats, loaded.tokenizer, getattr(loaded.engine.policy, "costs", None)) if stats else []
+    records = trace_records(stats, loaded.tokenizer, getattr(loaded.engine.policy, "calibration", None)) if stats else []
     if partial and not records:
         err.print(f"trace: stopped before the first round; {path} not written", markup=False, highlight=False)
         return

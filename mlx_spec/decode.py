@@ -381,7 +381,8 @@ class Engine:
             for shadow in shadows:
                 self.policy.update(shadow.key, *shadow_outcome(shadow.host, committed))
             forwards = proposal.forwards if proposal else ()
-            self.policy.settle(len(committed), size, forwards)
+            self.policy.settle(len(committed), size, forwards, t2 - t0)
+            stats.draft_price = getattr(self.policy, "draft_price", None)
             stats.record_round(proposal.source if proposal else None, k, n_accepted, len(committed),
                                forwards, size, committed, (t1 - t0, t2 - t1), regime)
             stats.sibling_hits += from_tree

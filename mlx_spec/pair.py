@@ -76,6 +76,7 @@ class Pair:
     context_length: int | None = None
     subset_vocab: bool = True  # the draft scores only ASCII tokens + the conversation's
     tree: bool = True  # the draft's runners-up ride in the verification's padding rows
+    learn_costs: bool = True  # the policy reprices drafting by what its rounds take
     last_stats: Stats | None = field(default=None, init=False)
 
     def __post_init__(self):
@@ -107,8 +108,8 @@ class Pair:
         key = calibration_key(self.target_name, self.draft_name, self.target_bytes)
         costs = cached_calibration(key, self.target, self.draft, self.k_max)
         if self.k is not None:
-            return FixedK(self.k, costs)
-        return AdaptiveK(costs, self.k_max)
+            return FixedK(self.k, costs, learn_costs=self.learn_costs)
+        return AdaptiveK(costs, self.k_max, learn_costs=self.learn_costs)
 
     def encode(self, prompt: Prompt, chat: bool = True, system: str | None = None) -> list[int]:
         """Text (chat-templated when the tokenizer has a template and chat=True), a list of

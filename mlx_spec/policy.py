@@ -3,7 +3,8 @@
 Expected tokens per round: 1 + sum_j prod_{i<=j} alpha_i, with alpha_i the acceptance of
 draft position i ((1 - alpha^(k+1)) / (1 - alpha) when all are equal). Throughput is that over
 the round's cost, k * t_draft + t_verify(k). The costs are measured
-once per machine and pair (`calibrate`, cached on disk); alpha is tracked online per source.
+once per machine and pair (`calibrate`, cached on disk) and may be repriced by what the rounds
+take (round_costs.py); alpha is tracked online per source.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from mlx_spec.errors import SpecError
+from mlx_spec.round_costs import RoundCosts
 
 
 CEILING_ALPHAS = (1.0, 0.9, 0.8, 0.7, 0.6)  # acceptance rates at which reports give the ceiling
@@ -139,13 +141,19 @@ class FixedK:
     where the n-gram's guesses have not been landing: `tail_bar`, off by default).
     """
 
-    def __init__(self, k: int, costs: Costs | None = None, tail: bool = True, tail_bar: float = TAIL_BAR):
+    def __init__(self, k: int, costs: Costs | None = None, tail: bool = True, tail_bar: float = TAIL_BAR,
+                 learn_costs: bool = False):
         if k < 0:
             raise SpecError(f"k must be >= 0, got {k}", "use --k 4, or --adaptive")
         self.k = self.k_max = k
         self.tail, self.tail_bar = tail, tail_bar
-        self.costs = costs
-        self.estimates = AdaptiveK(costs, k_max=max(k, 1)) if costs is not None and k > 0 else None
+        self.costs = self.calibration = costs
+        self.estimates = (AdaptiveK(costs, k_max=max(k, 1), learn_costs=learn_costs)
+                          if costs is not None and k > 0 else None)
+
+    @property
+    def draft_price(self) -> float | None:
+        return self.estimates.draft_price if self.estimates else None
 
     def choose(self, source: str) -> int:
         return self.k
@@ -217,8 +225,12 @@ class FixedK:
         if self.estimates:
             self.estimates.update(source, k, n, sibling)
 
-    def settle(self, tokens: int, verified: int, forwards=()) -> None:
-        """Nothing to pay for: a fixed k never probes."""
+    def settle(self, tokens: int, verified: int, forwards=(), seconds: float | None = None) -> None:
+        """Nothing to pay for (a fixed k never probes); the round's seconds may reprice
+        what the sources' rates and the tail's rows are weighed with (AdaptiveK.settle)."""
+        if self.estimates:
+            self.estimates.settle(tokens, verified, forwards, seconds)
+            self.costs = self.estimates.costs
 
 
 def padded_tokens(costs: Costs | None, k: int) -> int:
@@ -247,10 +259,16 @@ class AdaptiveK:
                  probe_every: int = 16, free_sources: tuple[str, ...] = ("ngram",),
                  free_prior: float = 0.5, probe_soon: int = 4, margin: float = 0.05,
                  chain_factor: int = 3, chain_floor: int = 4, sibling_prior: float = 0.5,
-                 explore: float | None = 0.03, explore_grace: float = 1.0, regimes: bool = True):
+                 explore: float | None = 0.03, explore_grace: float = 1.0, regimes: bool = True,
+                 learn_costs: bool = False):
         # a source key is "name" or "name:detail" (the n-gram's matched length); a paid
         # source's key gets "@code" inside a code block (`enter`)
         self.costs, self.k_max, self.decay, self.probe_every = costs, k_max, decay, probe_every
+        # `costs` are what the policy plans with: the calibration, or with `learn_costs` the
+        # calibration repriced by what the rounds took (round_costs.py); kept across resets,
+        # since they are the machine's, not the text's
+        self.calibration = costs
+        self.round_costs = RoundCosts(costs) if learn_costs else None
         self.free_sources = free_sources
         # A free source is scored every round even when it loses (shadowed), so it can start
         # pessimistic and earn its place; a paid one has to be tried to be learned.
@@ -428,12 +446,22 @@ class AdaptiveK:
         `explore` None)."""
         return self.explore is None or saved >= -(self.explore * self.emitted + self.explore_grace)
 
-    def settle(self, tokens: int, verified: int, forwards=()) -> None:
+    def settle(self, tokens: int, verified: int, forwards=(), seconds: float | None = None) -> None:
         """A round emitted `tokens` for a target forward over `verified` tokens and draft
-        forwards over `forwards` tokens: enter what it saved over plain decoding (negative
-        where it cost more) in the ledger that pays for probes."""
+        forwards over `forwards` tokens, in `seconds` (proposing and verifying): enter what it
+        saved over plain decoding (negative where it cost more) in the ledger that pays for
+        probes, and, when learning the costs, what it took."""
         self.saved += tokens - self.costs.round_steps(verified, forwards)
         self.emitted += tokens
+        if self.round_costs is not None and seconds is not None:
+            self.round_costs.observe(verified, forwards, seconds)
+            self.costs = self.round_costs.costs
+
+    @property
+    def draft_price(self) -> float | None:
+        """The draft's price against the target's relative to the calibration's, as the
+        rounds measured it (None: not learning)."""
+        return self.round_costs.draft_price if self.round_costs is not None else None
 
     def choose(self, source: str) -> int:
         return self.plan(source)[0]

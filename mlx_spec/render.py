@@ -102,6 +102,8 @@ def stats_rows(stats: Stats) -> list[tuple[str, str]]:
         ("by source", _by_source(stats)),
         ("time split", f"draft {split['draft']:.0%} · verify {split['verify']:.0%} · "
                        f"other {split['other']:.0%}"),
+        ("draft's price", "—" if stats.draft_price is None else
+                          f"{stats.draft_price:.2f}× what the calibration said (as the rounds took it)"),
         ("peak memory", _size(stats.peak_memory_gb)),
         ("bandwidth", f"{_size(stats.bandwidth_gbs, 'B/s')} (target weights × forwards/s)"),
         ("weights", f"target {_size(stats.target_bytes / 1e9)}"
@@ -142,6 +144,7 @@ def combine(stats_list: list[Stats]) -> Stats:
         total.peak_memory_gb = max(total.peak_memory_gb, s.peak_memory_gb)
         total.first_token_time += s.first_token_time / len(stats_list)  # the mean reply's
         total.target_bytes, total.draft_bytes = s.target_bytes, s.draft_bytes
+        total.draft_price = s.draft_price  # the latest reply's: the policy's, not a sum
     return total
 
 

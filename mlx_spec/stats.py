@@ -38,6 +38,9 @@ class Stats:
     verify_time: float = 0.0
     other_time: float = 0.0
     peak_memory_gb: float = 0.0
+    # the draft's price against the target's relative to the calibration's, as the rounds
+    # measured it (policy.AdaptiveK.draft_price; None: the policy does not learn its costs)
+    draft_price: float | None = None
     target_bytes: int = 0
     draft_bytes: int = 0
     trace: list[dict] | None = None  # a list: one record per round is appended (`record_round`)
@@ -168,5 +171,6 @@ class Stats:
             "host_syncs": self.host_syncs,
             "time_split": self.time_split(),
             "peak_memory_gb": self.peak_memory_gb,
+            "draft_price": self.draft_price,
             "bandwidth_gbs": self.bandwidth_gbs,
         }
