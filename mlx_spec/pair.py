@@ -213,6 +213,7 @@ def load_pair(
     use_kernel: bool | None = None,
     subset_vocab: bool = True,
     tree: bool = True,
+    learn_costs: bool = True,
 ) -> Pair:
     """Load a pair once. `target` is a pair name from models.toml, a local directory or a
     Hugging Face repo id. `draft`: None (the pair's draft, or plain decoding for a bare
@@ -221,7 +222,9 @@ def load_pair(
     rate). `k`: fixed proposal length; None adapts it. `subset_vocab`: the draft scores only plain-text
     tokens and the conversation's own (a cheaper output layer; lossless either way). `tree`:
     the draft's runners-up are verified beside its chain where the verification has padding
-    rows (lossless either way)."""
+    rows (lossless either way). `learn_costs`: the policy reprices the draft by what its rounds
+    take where they contradict the calibration (False: it plans with the calibration alone,
+    and a seed then reproduces a sampled reply exactly on this machine)."""
     from mlx_spec.loading import load_model
     from mlx_spec.registry import load_registry
 
@@ -258,4 +261,5 @@ def load_pair(
         use_kernel=use_kernel,
         subset_vocab=subset_vocab,
         tree=tree,
+        learn_costs=learn_costs,
     )

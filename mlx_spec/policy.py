@@ -268,7 +268,8 @@ class AdaptiveK:
         # calibration repriced by what the rounds took (round_costs.py); kept across resets,
         # since they are the machine's, not the text's
         self.calibration = costs
-        self.round_costs = RoundCosts(costs) if learn_costs else None
+        # (only a draft model is priced: n-gram guesses cost nothing to propose)
+        self.round_costs = RoundCosts(costs) if learn_costs and costs.draft_step > 0 else None
         self.free_sources = free_sources
         # A free source is scored every round even when it loses (shadowed), so it can start
         # pessimistic and earn its place; a paid one has to be tried to be learned.

@@ -122,3 +122,15 @@ def test_a_pairs_policy_learns_from_every_round_it_decodes_and_reports_the_price
     fixed = load_pair(str(stories_path), draft=str(stories_path), k=3)
     fixed.generate("Once upon a time", chat=False, max_tokens=20)
     assert fixed.engine.policy.estimates.round_costs.rounds == fixed.last_stats.rounds  # a fixed k learns too
+    calibrated = load_pair(str(stories_path), draft=str(stories_path), learn_costs=False)
+    assert calibrated.generate("Once upon a time", chat=False, max_tokens=10).stats.draft_price is None
+
+
+def test_the_statistics_block_shows_the_drafts_price_where_it_is_learned():
+    from mlx_spec.render import stats_rows
+    from mlx_spec.stats import Stats
+
+    assert dict(stats_rows(Stats(draft_price=1.2)))["draft's price"].startswith("1.20× what the calibration said")
+    assert dict(stats_rows(Stats()))["draft's price"] == "—"
+    # nothing to learn where no draft model is priced (n-gram guesses are free)
+    assert AdaptiveK(Costs(draft_step=0.0, verify=[0.5, 0.6]), k_max=1, learn_costs=True).draft_price is None
