@@ -65,6 +65,9 @@ def test_a_drift_within_the_band_keeps_the_calibration():
     learner = learned(draft=1.1)
     assert learner.draft_price == pytest.approx(1.1, rel=0.03)
     assert learner.costs is CALIBRATED
+    # a steady draft run at 0.8 of its calibrated price (host H: the subset head, the
+    # acceptance step) plans as calibrated
+    assert learned(draft=0.8).costs is CALIBRATED
 
 
 def test_one_stalled_round_moves_the_price_little():
