@@ -22,11 +22,10 @@ if TYPE_CHECKING:
 
 
 def scaled(costs: Costs, draft: float) -> Costs:
-    """`costs` with every draft forward priced `draft` times as much."""
+    """`costs` with every draft forward priced `draft` times as much (the target's prices are
+    shared: nothing changes a Costs once made)."""
     batch = costs.draft_batch * draft if costs.draft_batch is not None else None
-    return replace(costs, draft_step=costs.draft_step * draft, draft_batch=batch,
-                   verify=list(costs.verify), verify_tokens=costs.verify_tokens and list(costs.verify_tokens),
-                   ladder=costs.ladder and dict(costs.ladder))
+    return replace(costs, draft_step=costs.draft_step * draft, draft_batch=batch)
 
 
 @dataclass
