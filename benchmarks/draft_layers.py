@@ -24,7 +24,7 @@ from mlx.utils import tree_flatten
 from mlx_spec import load_pair
 from mlx_spec.bench import CATEGORIES, load_prompts
 from mlx_spec.draft_head import ascii_token_ids, output_layer
-from mlx_spec.policy import Costs, cached_calibration, calibration_key
+from mlx_spec.policy import Costs
 
 
 def weights(module) -> int:
@@ -51,8 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     pair = load_pair("qwen2.5-coder-1.5b")
     draft, layers = pair.draft, list(pair.draft.model.layers)
-    costs = cached_calibration(calibration_key(pair.target_name, pair.draft_name, pair.target_bytes),
-                               pair.target, draft, pair.k_max)
+    costs = pair.engine.policy.calibration  # the pair's, its draft timed as it runs
     rows, width = output_layer(draft).weight.shape
     read = [weights(layer) for layer in layers]
     total = sum(read) + len(ascii_token_ids(pair.tokenizer, rows)) * width

@@ -24,7 +24,10 @@ with --reference-proposers. --no-learned-costs: A plans with the calibration alo
 drafting by what its rounds take (round_costs.py). --misread-draft X: both arms start from a
 calibration whose draft forwards are priced X times as measured (a misread, as host G's 0.48
 for 0.33), both are then also priced at the true calibration ("modeled_true"); with
---no-learned-costs, A keeps the misread while B learns from its rounds.
+--no-learned-costs, A keeps the misread while B learns from its rounds. --whole-head-costs: A
+plans with costs whose draft was timed with its whole output layer (as before the calibration
+timed the subset head the draft runs), B with the subset head's, both measured now, one after
+the other; both arms are then also priced at B's ("modeled_true").
 Example: python3 benchmarks/policy_ab.py 0.7 open story,poem 7,8 --plain --uncapped
 Needs the pair: mlx-spec models pull qwen2.5-coder-1.5b.
 """
@@ -54,7 +57,8 @@ def load_reference(path: str, name: str):
 def reference_policy(path: str, current):
     """An AdaptiveK from another policy.py, with the current one's costs and k_max."""
     module = load_reference(path, "policy_reference")
-    costs = module.Costs(**dataclasses.asdict(current.calibration))
+    known = {f.name for f in dataclasses.fields(module.Costs)}  # an older Costs has fewer fields
+    costs = module.Costs(**{k: v for k, v in dataclasses.asdict(current.calibration).items() if k in known})
     policy = module.AdaptiveK(costs, current.k_max)
     if "seconds" not in inspect.signature(policy.settle).parameters:  # from before round_costs.py
         settle = policy.settle
@@ -62,6 +66,11 @@ def reference_policy(path: str, current):
     if not hasattr(policy, "calibration"):
         policy.calibration = costs  # what the bench prices its rounds at
     return policy
+
+
+def draft_head_of(engine):
+    """The subset output layer the engine's draft runs (None: the whole vocabulary)."""
+    return next((p.head for p in engine.proposers if isinstance(p, DraftModelProposer)), None)
 
 
 def rebuilt(engine, costs, learn: bool = True):
@@ -83,9 +92,9 @@ def main(argv: list[str]) -> None:
                                                   "--misread-draft")]
     fixed_k = int(options[options.index("--fixed-k") + 1]) if "--fixed-k" in options[:-1] else None
     if not {"--uncapped", "--no-regimes", "--no-renames", "--no-follow", "--no-tail", "--no-tail-rows",
-            "--fresh-costs", "--no-learned-costs"} & set(options) and not variants:
+            "--fresh-costs", "--no-learned-costs", "--whole-head-costs"} & set(options) and not variants:
         sys.exit("name the variant: --uncapped, --no-regimes, --no-renames, --no-follow, --no-tail, --no-tail-rows, "
-                 "--fresh-costs, --no-learned-costs, --misread-draft X, "
+                 "--fresh-costs, --no-learned-costs, --whole-head-costs, --misread-draft X, "
                  "--reference FILE, --reference-proposers FILE, --k-max N or --tail-bar X")
     spec = load_registry().get("qwen2.5-coder-1.5b")
     target, draft = load_model(spec.target), load_model(spec.draft)
@@ -97,10 +106,11 @@ def main(argv: list[str]) -> None:
         engine.policy = reference_policy(options[options.index("--reference") + 1], engine.policy)
     if "--k-max" in variants:  # longer chains and guesses, with costs measured up to k_max + 1
         k_max = int(options[options.index("--k-max") + 1])
-        engine.policy = AdaptiveK(calibrate(target.model, draft.model, k_max=k_max), k_max, learn_costs=True)
+        engine.policy = AdaptiveK(calibrate(target.model, draft.model, k_max=k_max, head=draft_head_of(engine)),
+                                  k_max, learn_costs=True)
     now = None
     if "--fresh-costs" in options:  # the host drifts: what planning with today's prices is worth
-        now = calibrate(target.model, draft.model, k_max=engine.policy.k_max)
+        now = calibrate(target.model, draft.model, k_max=engine.policy.k_max, head=draft_head_of(engine))
         engine.policy = AdaptiveK(now, engine.policy.k_max, learn_costs=True)
     if engine.tree and ({"--reference", "--k-max"} & set(variants) or now):  # a policy of A's own
         engine.policy.allow_siblings()
@@ -110,6 +120,14 @@ def main(argv: list[str]) -> None:
         misread = scaled(true, float(options[options.index("--misread-draft") + 1]))
         for name in ("A", "B"):
             bench.pairs[name].engine.policy = rebuilt(bench.pairs[name].engine, misread)
+    if "--whole-head-costs" in options:
+        k_max = bench.pairs["B"].k_max
+        whole = calibrate(target.model, draft.model, k_max=k_max)
+        true = calibrate(target.model, draft.model, k_max=k_max, head=draft_head_of(engine))
+        engine.policy = rebuilt(engine, whole)
+        bench.pairs["B"].engine.policy = rebuilt(bench.pairs["B"].engine, true)
+        print(json.dumps({"draft_step": {"whole": round(whole.draft_step / whole.verify[0], 3),
+                                         "subset": round(true.draft_step / true.verify[0], 3)}}), flush=True)
     if "--no-learned-costs" in options:
         engine.policy = rebuilt(engine, engine.policy.calibration, learn=False)
     if "--no-tail" in options:

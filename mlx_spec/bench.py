@@ -21,7 +21,7 @@ from typing import Callable
 import mlx.core as mx
 
 from mlx_spec.errors import SpecError
-from mlx_spec.pair import Pair
+from mlx_spec.pair import Pair, draft_head, vocab_size
 from mlx_spec.platform import machine, software
 from mlx_spec.policy import cached_calibration, calibration_key
 
@@ -124,7 +124,8 @@ class Bench:
         self.max_tokens, self.chat = max_tokens, chat
         if recalibrate and draft is not None and any(arm.kind == "spec" for arm in arms):
             key = calibration_key(target.name, draft.name, target.nbytes)
-            cached_calibration(key, target.model, draft.model, k_max=Pair.k_max, fresh=True)
+            head = draft_head(draft.model, target.tokenizer, vocab_size(target.model))  # as the arms run it
+            cached_calibration(key, target.model, draft.model, k_max=Pair.k_max, fresh=True, head=head)
         self.pairs: dict[str, Pair] = {}
         for arm in arms:
             if arm.kind in ("plain", "spec"):

@@ -83,7 +83,7 @@ class Pair:
         if self.context_length is None:
             args = getattr(self.target, "args", None)
             self.context_length = getattr(args, "max_position_embeddings", None)
-        proposers = []
+        proposers, head = [], None
         ngram = NgramProposer() if self.ngram else None
         if ngram is not None:
             proposers.append(ngram)
@@ -97,16 +97,18 @@ class Pair:
             self.target,
             self.tokenizer,
             proposers,
-            policy=self._policy(bool(proposers)),
+            policy=self._policy(bool(proposers), head),
             use_kernel=self.use_kernel,
             tree=self.tree,
         )
 
-    def _policy(self, drafting: bool):
+    def _policy(self, drafting: bool, head: SubsetHead | None = None):
+        """The policy choosing k, planning with this machine's costs: the draft timed through
+        `head`, the output layer its rounds run."""
         if not drafting or self.k == 0:
             return FixedK(0)
         key = calibration_key(self.target_name, self.draft_name, self.target_bytes)
-        costs = cached_calibration(key, self.target, self.draft, self.k_max)
+        costs = cached_calibration(key, self.target, self.draft, self.k_max, head=head)
         if self.k is not None:
             return FixedK(self.k, costs, learn_costs=self.learn_costs)
         return AdaptiveK(costs, self.k_max, learn_costs=self.learn_costs)

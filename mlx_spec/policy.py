@@ -41,6 +41,9 @@ class Costs:
     verify_tokens: list[int] | None = None  # tokens to feed when verifying k (>= k+1)
     draft_batch: float | None = None  # one draft forward over k_max+1 tokens (a jump, a catch-up)
     ladder: dict[int, float] | None = None  # every measured target forward: tokens -> seconds
+    # the output layer the draft's forwards were timed with: "subset" (draft_head.SubsetHead,
+    # as the rounds run it) or None (the whole vocabulary)
+    draft_head: str | None = None
 
     def __post_init__(self):
         if self.ladder:  # JSON keeps the token counts as strings
@@ -530,7 +533,8 @@ class AdaptiveK:
 
 def _forward_costs(models, context: int, repeats: int) -> list[dict[int, float]]:
     """Median seconds of one forward of T new tokens after `context` cached ones, per model
-    (`models`: (model, token counts) pairs) and per T.
+    (`models`: (model, token counts, forward) triples; forward(tokens, cache) -> logits, the
+    model itself where None) and per T.
 
     Every model and size is measured once per pass, in interleaved passes after one pass that
     compiles, allocates and pages the weights in: a host whose speed drifts during the
@@ -538,16 +542,17 @@ def _forward_costs(models, context: int, repeats: int) -> list[dict[int, float]]
     (draft step to target step, one verification size to another) stay true.
     """
     caches = []
-    for model, _ in models:
+    for model, _, _ in models:
         cache = make_prompt_cache(model)
         mx.eval(model(mx.zeros((1, context), dtype=mx.int32), cache=cache))
         caches.append(cache)
-    times = [{tokens: [] for tokens in sizes} for _, sizes in models]
+    times = [{tokens: [] for tokens in sizes} for _, sizes, _ in models]
     for attempt in range(repeats + 1):
-        for (model, sizes), cache, measured in zip(models, caches, times):
+        for (model, sizes, forward), cache, measured in zip(models, caches, times):
+            forward = forward or model
             for tokens in sizes:
                 tic = time.perf_counter()
-                mx.eval(model(mx.ones((1, tokens), dtype=mx.int32), cache=cache))
+                mx.eval(forward(mx.ones((1, tokens), dtype=mx.int32), cache=cache))
                 if attempt:
                     measured[tokens].append(time.perf_counter() - tic)
                 for c in cache:
@@ -555,9 +560,11 @@ def _forward_costs(models, context: int, repeats: int) -> list[dict[int, float]]
     return [{tokens: statistics.median(t) for tokens, t in measured.items()} for measured in times]
 
 
-def calibrate(target, draft=None, k_max: int = 8, context: int = 128, repeats: int = 5) -> Costs:
+def calibrate(target, draft=None, k_max: int = 8, context: int = 128, repeats: int = 5, head=None) -> Costs:
     """Measure the target's forward cost for T = 1 .. 2(k_max+1) tokens (a ladder of sizes)
-    and the draft's step.
+    and the draft's step, through `head` (a draft_head.SubsetHead) where the draft runs one:
+    a draft step priced with the whole output layer reads dearer than the rounds pay (host H:
+    the rounds put it at 0.77-0.88 of such a price).
 
     t_verify(k) is the cheapest forward of at least k+1 tokens: a BLAS may be faster at some
     larger T than at k+1 (seen with OpenBLAS on the CPU), and padding the verification with
@@ -568,15 +575,23 @@ def calibrate(target, draft=None, k_max: int = 8, context: int = 128, repeats: i
     # size); a k whose k+1 is not on it is verified padded to the cheapest measured size above.
     ladder = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
     sizes = sorted({t for t in ladder if t <= 2 * (k_max + 1)} | {k_max + 1})
-    models = [(target, sizes)] + ([(draft, [1, k_max + 1])] if draft is not None else [])
+    head = head if draft is not None else None
+    forward = None if head is None else (lambda tokens, cache: head.logits(draft.model(tokens, cache=cache)))
+    models = [(target, sizes, None)] + ([(draft, [1, k_max + 1], forward)] if draft is not None else [])
     measured, *drafted = _forward_costs(models, context, repeats)
     draft_step, draft_batch = 0.0, None
     if drafted:
         draft_step, draft_batch = drafted[0][1], drafted[0][k_max + 1]
-    return _costs(measured, draft_step, draft_batch, k_max)
+    return _costs(measured, draft_step, draft_batch, k_max, head_kind(head))
 
 
-def _costs(ladder: dict[int, float], draft_step: float, draft_batch: float | None, k_max: int) -> Costs:
+def head_kind(head) -> str | None:
+    """What a calibration records of the draft's output layer: "subset" or None (all of it)."""
+    return None if head is None else "subset"
+
+
+def _costs(ladder: dict[int, float], draft_step: float, draft_batch: float | None, k_max: int,
+           draft_head: str | None = None) -> Costs:
     """Costs from measured target forwards (tokens -> seconds): each k verified at the
     cheapest measured size of at least k+1 tokens."""
     verify, verify_tokens = [], []
@@ -585,7 +600,7 @@ def _costs(ladder: dict[int, float], draft_step: float, draft_batch: float | Non
         verify.append(ladder[best])
         verify_tokens.append(best)
     return Costs(draft_step=draft_step, verify=verify, verify_tokens=verify_tokens, draft_batch=draft_batch,
-                 ladder=dict(ladder))
+                 ladder=dict(ladder), draft_head=draft_head)
 
 
 # A fresh calibration whose plan-setting ratios (a draft step, a draft batch and each measured
@@ -605,7 +620,8 @@ def _ratios(costs: Costs) -> dict[str, float]:
 
 def _comparable(a: Costs | None, b: Costs) -> bool:
     return bool(a and a.ladder and b.ladder and 1 in b.ladder and set(a.ladder) == set(b.ladder)
-                and (a.draft_batch is None) == (b.draft_batch is None) and a.ladder[1] > 0 and b.ladder[1] > 0)
+                and (a.draft_batch is None) == (b.draft_batch is None) and a.draft_head == b.draft_head
+                and a.ladder[1] > 0 and b.ladder[1] > 0)
 
 
 def _disagree(a: Costs, b: Costs, tolerance: float = CALIBRATION_AGREE) -> bool:
@@ -622,7 +638,7 @@ def _median_costs(readings: list[Costs], k_max: int) -> Costs:
     median = {name: statistics.median(r[name] for r in ratios) for name in ratios[0]}
     ladder = {t: plain * median[f"verify {t}"] for t in readings[0].ladder}
     batch = plain * median["draft batch"] if "draft batch" in median else None
-    return _costs(ladder, plain * median["draft step"], batch, k_max)
+    return _costs(ladder, plain * median["draft step"], batch, k_max, readings[0].draft_head)
 
 
 def calibration_path() -> Path:
@@ -669,7 +685,8 @@ def _cached_costs(entry) -> Costs | None:
             and (tokens is None or isinstance(tokens, list) and all(
                 isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in tokens))
             and (entry.get("draft_batch") is None or _seconds(entry["draft_batch"]))
-            and (entry.get("ladder") is None or isinstance(entry["ladder"], dict))):
+            and (entry.get("ladder") is None or isinstance(entry["ladder"], dict))
+            and (entry.get("draft_head") is None or isinstance(entry["draft_head"], str))):
         return None
     try:
         return Costs(**entry)
@@ -689,8 +706,9 @@ def calibrated_pairs() -> list[tuple[str, str, Costs]]:
     return pairs
 
 
-def cached_calibration(key: str, target, draft=None, k_max: int = 8, fresh: bool = False) -> Costs:
-    """Costs for this machine and pair, measured once and kept in calibration.json; `fresh`
+def cached_calibration(key: str, target, draft=None, k_max: int = 8, fresh: bool = False, head=None) -> Costs:
+    """Costs for this machine and pair (the draft timed through `head`, its subset output
+    layer, where it has one), measured once and kept in calibration.json; `fresh`
     measures them again (a shared host drifts: on host E a cached draft step read 0.32 of a
     plain step when it had come to cost 0.35) and keeps the new ones. Where the new reading's
     ratios disagree with the cached ones by more than CALIBRATION_AGREE, a third reading
@@ -700,13 +718,14 @@ def cached_calibration(key: str, target, draft=None, k_max: int = 8, fresh: bool
     table = _calibration_table()
     costs = _cached_costs(table.get(key))
     # an entry from before the ladder was kept was also measured without interleaving
+    # (and one whose draft was timed with another output layer than it now runs is measured again)
     if not fresh and costs and len(costs.verify) > k_max and costs.ladder and (
-        draft is None or costs.draft_batch is not None
+        draft is None or costs.draft_batch is not None and costs.draft_head == head_kind(head)
     ):
         return costs
-    new = calibrate(target, draft, k_max=k_max)
+    new = calibrate(target, draft, k_max=k_max, head=head)
     if fresh and _comparable(costs, new) and _disagree(costs, new):
-        new = _median_costs([costs, new, calibrate(target, draft, k_max=k_max)], k_max)
+        new = _median_costs([costs, new, calibrate(target, draft, k_max=k_max, head=head)], k_max)
     costs = new
     table[key] = asdict(costs)
     try:

@@ -271,3 +271,74 @@ def test_calibration_interleaves_the_sizes_so_a_drifting_host_keeps_the_ratios(m
     assert costs.draft_step / costs.verify[0] == pytest.approx(0.3, rel=0.25)
     assert costs.verify[3] / costs.verify[0] == pytest.approx(1.4, rel=0.25)
     assert costs.draft_batch / costs.draft_step == pytest.approx(2.0, rel=0.1)
+
+
+class _ClockedDraft(_Clocked):
+    """A clocked draft whose forward is a body (`model`) and an output layer: the whole layer
+    costs `full` seconds a row more, a subset head (`_ClockedHead`) `subset`."""
+
+    def __init__(self, clock, cost, full):
+        super().__init__(clock, cost)
+        self.full = full
+        self.model = _Clocked(clock, cost)
+
+    def __call__(self, tokens, cache):
+        self.clock.now += self.full * tokens.shape[1]
+        return super().__call__(tokens, cache)
+
+
+class _ClockedHead:
+    def __init__(self, clock, subset):
+        self.clock, self.subset, self.rows = clock, subset, []
+
+    def logits(self, hidden):
+        self.rows.append(hidden.shape[1])
+        self.clock.now += self.subset * hidden.shape[1]
+        return hidden
+
+
+def test_the_draft_is_timed_through_the_subset_head_it_runs(monkeypatch):
+    import mlx_spec.policy as policy_module
+
+    class Clock:
+        now, drift = 0.0, 1.0
+
+    clock = Clock()
+    monkeypatch.setattr(policy_module.time, "perf_counter", lambda: clock.now)
+    target = _Clocked(clock, {1: 1.0, 2: 1.2, 3: 1.3, 4: 1.4, 6: 1.5, 8: 1.6})
+    draft = _ClockedDraft(clock, {1: 0.2, 4: 0.3}, full=0.1)
+
+    def steps(head):
+        clock.now, clock.drift = 0.0, 1.0
+        costs = policy_module.calibrate(target, draft, k_max=3, context=4, repeats=3, head=head)
+        return costs, costs.draft_step / costs.verify[0]
+
+    whole, whole_step = steps(None)
+    head = _ClockedHead(clock, subset=0.02)
+    subset, subset_step = steps(head)
+    assert whole.draft_head is None and subset.draft_head == "subset"
+    assert set(head.rows) == {1, 4}  # the step and the batch (k_max + 1 rows) both go through it
+    # the drift makes the ratio approximate; the 0.08 s a step the subset saves stands out of it
+    assert subset_step < whole_step * 0.85
+    assert subset.draft_batch < whole.draft_batch
+
+
+def test_a_calibration_of_the_other_output_layer_is_measured_again(stories):
+    from mlx_spec.pair import Pair
+
+    model, tok = stories
+    pair = Pair(model, tok, draft=model, target_name="t", draft_name="d")
+    assert pair.engine.proposers[0].head is not None
+    subset = pair.engine.policy.calibration
+    assert subset.draft_head == "subset"
+    ((key, entry),) = json.loads(calibration_path().read_text()).items()
+    assert entry["draft_head"] == "subset"
+    whole = Pair(model, tok, draft=model, target_name="t", draft_name="d", subset_vocab=False)
+    assert whole.engine.policy.calibration.draft_head is None  # not the subset's price
+    assert json.loads(calibration_path().read_text())[key]["draft_head"] is None
+    # an entry written before the field existed was timed with the whole layer
+    table = json.loads(calibration_path().read_text())
+    del table[key]["draft_head"]
+    calibration_path().write_text(json.dumps(table))
+    assert Pair(model, tok, draft=model, target_name="t", draft_name="d").engine.policy.calibration.draft_head == "subset"
+    assert cached_calibration(key, None, None, k_max=15).draft_head == "subset"  # kept: no model needed now
