@@ -59,7 +59,9 @@ def reference_policy(path: str, current):
     module = load_reference(path, "policy_reference")
     known = {f.name for f in dataclasses.fields(module.Costs)}  # an older Costs has fewer fields
     costs = module.Costs(**{k: v for k, v in dataclasses.asdict(current.calibration).items() if k in known})
-    policy = module.AdaptiveK(costs, current.k_max)
+    learning = {"learn_costs": True} if (getattr(current, "round_costs", None) is not None
+                                         and "learn_costs" in inspect.signature(module.AdaptiveK).parameters) else {}
+    policy = module.AdaptiveK(costs, current.k_max, **learning)  # learning the draft's price as B does
     if "seconds" not in inspect.signature(policy.settle).parameters:  # from before round_costs.py
         settle = policy.settle
         policy.settle = lambda tokens, verified, forwards=(), seconds=None: settle(tokens, verified, forwards)
