@@ -55,13 +55,14 @@ def load_reference(path: str, name: str):
 
 
 def reference_policy(path: str, current):
-    """An AdaptiveK from another policy.py, with the current one's costs and k_max."""
+    """An AdaptiveK from another policy.py, with the current one's costs and k_max, learning
+    the draft's price from its rounds where the current one does (and the other can)."""
     module = load_reference(path, "policy_reference")
     known = {f.name for f in dataclasses.fields(module.Costs)}  # an older Costs has fewer fields
     costs = module.Costs(**{k: v for k, v in dataclasses.asdict(current.calibration).items() if k in known})
-    learning = {"learn_costs": True} if (getattr(current, "round_costs", None) is not None
-                                         and "learn_costs" in inspect.signature(module.AdaptiveK).parameters) else {}
-    policy = module.AdaptiveK(costs, current.k_max, **learning)  # learning the draft's price as B does
+    learns = getattr(current, "round_costs", None) is not None
+    can_learn = "learn_costs" in inspect.signature(module.AdaptiveK).parameters  # from round_costs.py on
+    policy = module.AdaptiveK(costs, current.k_max, **({"learn_costs": True} if learns and can_learn else {}))
     if "seconds" not in inspect.signature(policy.settle).parameters:  # from before round_costs.py
         settle = policy.settle
         policy.settle = lambda tokens, verified, forwards=(), seconds=None: settle(tokens, verified, forwards)
