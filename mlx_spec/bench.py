@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -42,16 +42,20 @@ class Arm:
     ngram: bool = False
     tree: bool = True  # spec: the draft's runners-up ride in the verification's padding rows
     quick_start: bool = False  # spec: the first round without the draft, its prefill after it (chat's way)
+    invariant: bool = False  # plain, spec: sample drafter-invariantly (the same text as plain's at a seed)
 
 
 def default_arms(k_fixed: int = 3, mlx_lm_ks: tuple[int, ...] = (3, 5), chain: bool = False,
-                 quick: bool = False, mlx_lm_plain: bool = False) -> list[Arm]:
+                 quick: bool = False, mlx_lm_plain: bool = False, invariant: bool = False) -> list[Arm]:
     """The suite's arms; `chain` adds adaptive mlx-spec verifying the draft's chain alone (no
     token tree), to measure what the tree is worth; `quick` adds adaptive mlx-spec with chat's
     quick start, to weigh its sooner first token against the round it does not speculate;
     `mlx_lm_plain` adds mlx-lm's own decoding without a draft, to check that the baseline
     every speed-up is measured against is no slower than mlx-lm's (it is not one of the
-    "mlx-lm k=" arms the best-k ratio is taken over)."""
+    "mlx-lm k=" arms the best-k ratio is taken over). `invariant`: every mlx-spec arm, plain
+    included, samples drafter-invariantly, so at temperature > 0 too each arm's reply is
+    plain's, token for token, and a prompt's speed-ups compare the same text (checked as
+    greedy output is)."""
     arms = [
         Arm("plain", "plain"),
         Arm("mlx-spec adaptive", "spec", None, ngram=True),
@@ -64,6 +68,8 @@ def default_arms(k_fixed: int = 3, mlx_lm_ks: tuple[int, ...] = (3, 5), chain: b
     arms += [Arm(f"mlx-lm k={k}", "mlx-lm", k) for k in mlx_lm_ks]
     if mlx_lm_plain:
         arms.append(Arm("mlx-lm plain", "mlx-lm", 0))
+    if invariant:
+        arms = [replace(arm, invariant=True) if arm.kind != "mlx-lm" else arm for arm in arms]
     return arms
 
 
@@ -150,7 +156,7 @@ class Bench:
         tic = time.perf_counter()
         tokens, first_round = [], None
         for step in pair.stream(ids, max_tokens=max_tokens, temperature=temperature, seed=seed,
-                                quick_start=arm.quick_start):
+                                quick_start=arm.quick_start, invariant=arm.invariant):
             tokens += step.tokens
             first_round = first_round or (time.perf_counter() - tic, len(step.tokens))
         seconds = time.perf_counter() - tic
@@ -284,15 +290,16 @@ def _measure(bench: Bench, prompts: dict, temperatures, repeats: int,
                             "decode_tps": run.decode_tps,
                             "decode_speedup": run.decode_tps / base.decode_tps
                             if run.decode_tps and base.decode_tps else None,
-                            "identical": identical, "stats": run.stats,
+                            "identical": identical, "invariant": arm.invariant, "stats": run.stats,
                         })
                     records += whole  # one step: Ctrl-C cannot leave half a comparison
 
 
 def _document(bench: Bench, records: list[dict], temperatures, repeats: int, stamp: dict,
               interrupted: bool = False) -> dict:
+    # greedy runs, and drafter-invariant sampled ones, must be plain's text token for token
     mismatches = [f"{r['category']}/{r['prompt']} {r['arm']}" for r in records
-                  if r["temperature"] == 0 and not r["identical"]]
+                  if (r["temperature"] == 0 or r.get("invariant")) and not r["identical"]]
     if interrupted:  # the settings describe the runs held, so that `bench merge` counts parts right
         temperatures = [t for t in temperatures if any(r["temperature"] == t for r in records)]
     return {

@@ -114,6 +114,7 @@ def run(
     recalibrate: bool = typer.Option(True, "--recalibrate/--cached-costs", help="Measure the pair's costs (a plain step, a draft step, verifications) anew before the arms run, about 40 s for a 1.5B/0.5B pair on a CPU, and keep them (default), or plan with the costs cached by an earlier run on this machine."),
     quick_arm: bool = typer.Option(False, "--quick-arm", help="Add adaptive mlx-spec with chat's quick start (first round without the draft, its prefill after it)."),
     mlx_lm_plain: bool = typer.Option(False, "--mlx-lm-plain", help="Add mlx-lm's own decoding without a draft, to check the plain baseline against it."),
+    invariant: bool = typer.Option(False, "--invariant", help="Every mlx-spec arm, plain included, samples drafter-invariantly: at temperature > 0 too each arm's reply is plain's token for token (checked), so a prompt's speed-ups compare the same text."),
     out: Optional[Path] = typer.Option(None, help="Result JSON (default benchmarks/results/bench-<time>.json)."),
     plot: Optional[Path] = typer.Option(None, help="Also write a PNG of speed-ups per category."),
     md: Optional[Path] = typer.Option(None, help=MD_HELP),
@@ -174,7 +175,7 @@ def run(
         raise SpecError(e.message, "pick a draft from the same model family (same tokenizer)") from None
     with console.status("measuring what a step costs on this machine…" if recalibrate else "loading costs…"):
         bench = Bench(loaded_target, loaded_draft, default_arms(k, mlx_ks, chain=chain_arm, quick=quick_arm,
-                                                         mlx_lm_plain=mlx_lm_plain),
+                                                         mlx_lm_plain=mlx_lm_plain, invariant=invariant),
                       max_tokens=max_tokens, chat=not raw, recalibrate=recalibrate)
     try:
         with console.status("warming up and measuring…") as status:
@@ -198,7 +199,8 @@ def run(
     console.print(f"result written to {out}")
     if result["greedy_mismatches"]:
         raise SpecError(
-            f"greedy outputs differed from plain decoding in {len(result['greedy_mismatches'])} run(s)",
+            f"outputs that must be plain decoding's (greedy, or sampled with --invariant) differed in "
+            f"{len(result['greedy_mismatches'])} run(s)",
             "a speed-up with different output is a bug: see greedy_mismatches in the result file",
         )
 

@@ -12,6 +12,10 @@ from mlx_spec.policy import CEILING_ALPHAS, Costs
 LOG_WIDTH = 240  # columns of a results table written to a file or a pipe
 
 
+# the settings line of a result whose mlx-spec arms sampled drafter-invariantly (bench --invariant)
+INVARIANT_NOTE = ("; the mlx-spec arms sampled drafter-invariantly, so every sampled reply of theirs is plain "
+                  "decoding's, token for token")
+
 def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{suffix}"
 
@@ -152,12 +156,13 @@ def summary_markdown(result: dict) -> str:
         f"Target: {models['target']['name']} ({models['target']['dtype']}); "
         f"draft: {models.get('draft', {}).get('name', '—')}",
         f"Settings: {result['settings']['max_tokens']} new tokens, baseline `{result['settings']['baseline']}`, "
-        f"{result['settings']['repeats']} repeat(s); speed-up = median over prompts of per-pair ratios.",
+        f"{result['settings']['repeats']} repeat(s); speed-up = median over prompts of per-pair ratios"
+        f"{INVARIANT_NOTE if any(a.get('invariant') for a in result['settings']['arms']) else ''}.",
     ]
     if result.get("interrupted"):
         head.append(f"**Interrupted:** {INTERRUPTED}.")
     if result.get("greedy_mismatches"):
-        head.append(f"**Greedy outputs differed:** {', '.join(result['greedy_mismatches'])}")
+        head.append(f"**Outputs differed from plain decoding's:** {', '.join(result['greedy_mismatches'])}")
     extra = "".join("\n" + part for part in (costs_markdown(result), sources_markdown(result)) if part)
     return "\n".join(head) + "\n\n" + markdown_table(SUMMARY_COLUMNS, summary_rows(result)) + "\n" + extra
 
@@ -198,7 +203,7 @@ def print_summary(result: dict, console=None) -> None:
     if result.get("interrupted"):
         console.print(f"[yellow]interrupted: {INTERRUPTED}[/yellow]")
     if result.get("greedy_mismatches"):
-        console.print(f"[red]greedy outputs differed from plain decoding: {result['greedy_mismatches']}[/red]")
+        console.print(f"[red]outputs differed from plain decoding's: {result['greedy_mismatches']}[/red]")
 
 
 def plot_result(result: dict, path: Path) -> Path:

@@ -40,7 +40,7 @@ class Sampling(SamplingParams):
 
     def as_kwargs(self) -> dict:
         return {k: getattr(self, k) for k in ("temperature", "top_k", "top_p", "min_p", "seed",
-                                               "repetition_penalty")}
+                                               "repetition_penalty", "invariant")}
 
 
 @dataclass

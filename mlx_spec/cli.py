@@ -160,6 +160,10 @@ SeedOpt = Annotated[Optional[int], typer.Option(help="Random seed for sampling."
 RepOpt = Annotated[Optional[float], typer.Option(
     "--repetition-penalty", help="Penalise tokens already in the context (e.g. 1.1).",
     rich_help_panel=S)]
+InvariantOpt = Annotated[bool, typer.Option(
+    "--invariant", help="Sample drafter-invariantly: with --seed, the text is plain sampling's "
+    "with that seed, whatever the draft or k (accepts a little less often on free prose).",
+    rich_help_panel=S)]
 SystemOpt = Annotated[Optional[str], typer.Option(
     "--system", help="System prompt (used with the chat template).", rich_help_panel=S)]
 
@@ -255,6 +259,7 @@ def chat(
     k: KOpt = None, adaptive: AdaptiveOpt = False, k_max: KMaxOpt = 15,
     temp: TempOpt = 0.7, top_p: TopPOpt = 1.0, top_k: TopKOpt = 0, min_p: MinPOpt = 0.0,
     seed: SeedOpt = None, repetition_penalty: RepOpt = None, system: SystemOpt = None,
+    invariant: InvariantOpt = False,
     max_tokens: Annotated[int, typer.Option(
         help="Most tokens per reply (less when the context is nearly full).",
         rich_help_panel=S)] = 1024,
@@ -284,7 +289,8 @@ def chat(
                    k_max=k_max, no_draft=no_draft, draft=draft, pair=pair, target=target)
     loaded = _load(pair, target, draft, no_draft, k, k_max, dtype)
     sampling = Sampling(max_tokens=max_tokens, temperature=temp, top_k=top_k, top_p=top_p,
-                        min_p=min_p, seed=seed, repetition_penalty=repetition_penalty)
+                        min_p=min_p, seed=seed, repetition_penalty=repetition_penalty,
+                        invariant=invariant)
     session = ChatSession(loaded, sampling=sampling, system=system and readable(system))
     _lenient_stdin()
     code = run_chat(session, ChatIO(sys.stdin, sys.stdout, sys.stderr), debug=_debug())
@@ -302,6 +308,7 @@ def generate(
         "has one) or send the text as-is.", rich_help_panel=S)] = None,
     temp: TempOpt = 0.0, top_p: TopPOpt = 1.0, top_k: TopKOpt = 0, min_p: MinPOpt = 0.0,
     seed: SeedOpt = None, repetition_penalty: RepOpt = None, system: SystemOpt = None,
+    invariant: InvariantOpt = False,
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.",
                                             rich_help_panel=S)] = 256,
     stop: Annotated[Optional[List[str]], typer.Option(
@@ -358,7 +365,8 @@ def generate(
         for step in loaded.stream(ids, max_tokens=max_tokens, temperature=temp, top_k=top_k,
                                   top_p=top_p, min_p=min_p, seed=seed,
                                   repetition_penalty=repetition_penalty, stop=stop or (),
-                                  trace=trace is not None, quick_start=quick_start):
+                                  trace=trace is not None, quick_start=quick_start,
+                                  invariant=invariant):
             parts.append(step.text)
             tokens += step.tokens
             finish = step.finish_reason

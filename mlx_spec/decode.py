@@ -9,7 +9,7 @@ acceptance) is one lazy MLX graph evaluated by the round's single synchronisatio
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, NamedTuple, Sequence
 
 import mlx.core as mx
@@ -17,6 +17,7 @@ import numpy as np
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache
 
 from mlx_spec.acceptance import accept, sample_from_weights
+from mlx_spec.coupling import perturbed
 from mlx_spec.errors import SpecError
 from mlx_spec.policy import FixedK
 from mlx_spec.proposers import Proposal, Proposer, cache_length, common_prefix, forward_chunked, rollback
@@ -259,6 +260,10 @@ class Engine:
             # argmax of log-probabilities, exactly as plain greedy decoding computes it
             logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
             n, extra = accept(logprobs, None, drafts, None, greedy=True, use_kernel=self.use_kernel)
+        elif sampling.invariant:
+            # row i's token is the perturbed argmax at position len(context) + i
+            scores = perturbed(logits, sampling, range(len(self.context), len(self.context) + k + 1))
+            n, extra = accept(scores, None, drafts, None, greedy=True, use_kernel=self.use_kernel)
         else:
             p = probabilities(logits, sampling)
             u = mx.array(rng.random(k + 1, dtype=np.float32))
@@ -266,16 +271,21 @@ class Engine:
             n, extra = accept(p, q, drafts, u, greedy=False, use_kernel=self.use_kernel)
         values = [n[None], extra[None], drafts]
         if tree is not None:
-            values += [inputs[k + 1 : k + 1 + len(tree.siblings)], self._after_siblings(rows, tree, sampling, rng)]
+            after = self._after_siblings(rows, tree, sampling, rng, len(self.context))
+            values += [inputs[k + 1 : k + 1 + len(tree.siblings)], after]
         return mx.concatenate(values).astype(mx.int32), tree, inputs.shape[0]
 
     @staticmethod
-    def _after_siblings(rows: mx.array, tree: Tree, sampling: SamplingParams, rng) -> mx.array:
+    def _after_siblings(rows: mx.array, tree: Tree, sampling: SamplingParams, rng, start: int = 0) -> mx.array:
         """The target's next token after each sibling, drawn as plain decoding draws it (the
-        round uses the one after the sibling that equals its extra token, if any)."""
+        round uses the one after the sibling that equals its extra token, if any). `start`:
+        the position of the round's first token (a sibling at depth d stands at start + d - 1,
+        the token after it at start + d)."""
         logits = rows[tree.k + 1 : tree.k + 1 + len(tree.siblings)].astype(mx.float32)
         if sampling.greedy:
             return mx.argmax(logits - mx.logsumexp(logits, axis=-1, keepdims=True), axis=-1)
+        if sampling.invariant:
+            return mx.argmax(perturbed(logits, sampling, [start + d for d, _ in tree.siblings]), axis=-1)
         p = probabilities(logits, sampling)
         u = mx.array(rng.random(p.shape[0], dtype=np.float32))
         return mx.stack([sample_from_weights(p[j], u[j]) for j in range(p.shape[0])])
@@ -300,6 +310,8 @@ class Engine:
             raise SpecError(f"max_tokens must be at least 1, got {max_tokens}", "e.g. --max-tokens 256")
         stats = stats or Stats()
         rng = np.random.default_rng(sampling.seed)
+        if sampling.invariant and not sampling.greedy and sampling.seed is None:
+            sampling = replace(sampling, seed=int(rng.integers(2**63)))  # the noise needs one
         eos = set(self.tokenizer.eos_token_ids)
         stop_text = StopText(stop_strings)
 

@@ -15,6 +15,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 
+from mlx_spec.coupling import perturbed
 from mlx_spec.errors import SpecError
 from mlx_spec.sampling import SamplingParams, apply_processors, probabilities
 from mlx_spec.tree import SIBLINGS
@@ -228,9 +229,11 @@ class DraftModelProposer:
             return self.model(tokens[None], cache=self.cache)[0, -rows:, :], None
         return head.logits(self.model.model(tokens[None], cache=self.cache)[0, -rows:, :]), head.ids
 
-    def _draw(self, logits, ids, history, sampling: SamplingParams, rng):
-        """One draft token from a row of logits -> (token (1,), q padded to the target's
-        vocabulary or None when greedy, its runners-up)."""
+    def _draw(self, logits, ids, history, sampling: SamplingParams, rng, position: int):
+        """One draft token, the one at `position`, from a row of logits -> (token (1,), q
+        padded to the target's vocabulary or None when greedy, its runners-up). Sampling
+        drafter-invariantly, the token is the draft's argmax under the noise the target will
+        use at that position (coupling.py), its runners-up the next ones under it."""
         if ids is not None and sampling.processors:
             # history-dependent processors index logits by token id: give them the full row
             full = mx.full((1, self.target_vocab), -mx.inf, dtype=logits.dtype)
@@ -242,9 +245,14 @@ class DraftModelProposer:
             runners = runners_up(logits, choice, ids)
             return (choice if ids is None else ids[choice]).astype(mx.int32), None, runners
         q = probabilities(logits, sampling)
-        key = mx.random.key(int(rng.integers(2**31)))
-        choice = mx.random.categorical(mx.log(q), key=key)
-        runners = runners_up(logits, choice, ids)
+        if sampling.invariant:
+            scores = perturbed(logits, sampling, [position], ids, self.target_vocab)
+            choice = mx.argmax(scores, axis=-1)
+            runners = runners_up(scores, choice, ids)
+        else:
+            key = mx.random.key(int(rng.integers(2**31)))
+            choice = mx.random.categorical(mx.log(q), key=key)
+            runners = runners_up(logits, choice, ids)
         if ids is not None:  # q over the subset, zero elsewhere
             full = mx.zeros((1, self.target_vocab), dtype=q.dtype)
             return ids[choice].astype(mx.int32), mx.put_along_axis(full, ids[None], q, axis=-1), runners
@@ -272,12 +280,12 @@ class DraftModelProposer:
             room = k - len(chain.tokens) - 1  # guessed tokens the chain has room for
             path = guess(context, chain.host, room) if guess and room > 0 else []
             if path:
-                token = self._jump(feed, path, sampling, rng, stop_below, chain)
+                token = self._jump(feed, path, sampling, rng, stop_below, chain, len(context) + len(chain.tokens))
                 if token is None or len(chain.tokens) == k:
                     break
             else:
                 logits, ids = self._forward(feed)
-                token, q, runners = self._draw(logits, ids, history, sampling, rng)
+                token, q, runners = self._draw(logits, ids, history, sampling, rng, len(context) + len(chain.tokens))
                 mx.async_eval(token)
                 chain.add(token, q, runners)
                 if len(chain.tokens) == k:
@@ -300,7 +308,7 @@ class DraftModelProposer:
             confidences=chain.confidences,
         )
 
-    def _jump(self, feed, path: list[int], sampling, rng, stop_below, chain: "Chain"):
+    def _jump(self, feed, path: list[int], sampling, rng, stop_below, chain: "Chain", position: int):
         """Check a guessed continuation of the chain with ONE draft forward over feed + path
         (feed: the tokens the draft has not processed yet, the chain's newest last).
 
@@ -310,14 +318,15 @@ class DraftModelProposer:
         differs: every token taken is a draw from the draft given the tokens before it, as in
         step-by-step drafting, for the cost of one forward. Adds the tokens taken to `chain`,
         trims the draft cache back to the chain but its newest token, and returns the newest
-        token to feed next, or None when the confidence stop ended the chain.
+        token to feed next, or None when the confidence stop ended the chain. `position`: that
+        of the token row 0 draws.
         """
         start = cache_length(self.cache) + feed.shape[0]  # the chain up to and with `feed`
         fed = len(path) + 1  # rows that draw a token: feed's last and each guessed one
         pad = padded_batch(fed) - fed  # rows past `fed` are ignored, their cache entries trimmed
         inputs = mx.concatenate([feed, mx.array(path + [0] * pad, dtype=mx.int32)])
         rows, ids = self._forward(inputs, rows=fed + pad)
-        drawn = [self._draw(rows[j : j + 1], ids, None, sampling, rng) for j in range(fed)]
+        drawn = [self._draw(rows[j : j + 1], ids, None, sampling, rng, position + j) for j in range(fed)]
         confident = mx.stack([confidence(rows[j], q, d) for j, (d, q, _) in enumerate(drawn)])
         mx.eval([d for d, _, _ in drawn], confident)
         values, confidences = mx.concatenate([d for d, _, _ in drawn]).tolist(), confident.tolist()

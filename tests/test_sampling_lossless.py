@@ -188,10 +188,10 @@ def test_the_harness_catches_a_sibling_row_read_wrongly(target, draft, monkeypat
     distribution after the rejected draft, not after the sibling) must fail the bound."""
     after = Engine._after_siblings
 
-    def wrong(rows, tree, sampling, rng):
+    def wrong(rows, tree, sampling, rng, start=0):
         chain_rows = mx.stack([rows[depth] for depth, _ in tree.siblings])
         shifted = mx.concatenate([rows[: tree.k + 1], chain_rows, rows[tree.k + 1 + len(tree.siblings) :]])
-        return after(shifted, tree, sampling, rng)
+        return after(shifted, tree, sampling, rng, start)
 
     monkeypatch.setattr(Engine, "_after_siblings", staticmethod(wrong))
     params = SETTINGS["t1"]
