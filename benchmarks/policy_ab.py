@@ -27,7 +27,9 @@ for 0.33), both are then also priced at the true calibration ("modeled_true"); w
 --no-learned-costs, A keeps the misread while B learns from its rounds. --whole-head-costs: A
 plans with costs whose draft was timed with its whole output layer (as before the calibration
 timed the subset head the draft runs), B with the subset head's, both measured now, one after
-the other; both arms are then also priced at B's ("modeled_true").
+the other; both arms are then also priced at B's ("modeled_true"). --invariant: A samples
+drafter-invariantly (mlx_spec.coupling), B by rejection sampling: different texts, so compare
+modeled speed-ups and τ over several seeds.
 Example: python3 benchmarks/policy_ab.py 0.7 open story,poem 7,8 --plain --uncapped
 Needs the pair: mlx-spec models pull qwen2.5-coder-1.5b.
 """
@@ -95,14 +97,15 @@ def main(argv: list[str]) -> None:
                                                   "--misread-draft")]
     fixed_k = int(options[options.index("--fixed-k") + 1]) if "--fixed-k" in options[:-1] else None
     if not {"--uncapped", "--no-regimes", "--no-renames", "--no-follow", "--no-tail", "--no-tail-rows",
-            "--fresh-costs", "--no-learned-costs", "--whole-head-costs"} & set(options) and not variants:
+            "--fresh-costs", "--no-learned-costs", "--whole-head-costs", "--invariant"} & set(options) and not variants:
         sys.exit("name the variant: --uncapped, --no-regimes, --no-renames, --no-follow, --no-tail, --no-tail-rows, "
-                 "--fresh-costs, --no-learned-costs, --whole-head-costs, --misread-draft X, "
+                 "--fresh-costs, --no-learned-costs, --whole-head-costs, --invariant, --misread-draft X, "
                  "--reference FILE, --reference-proposers FILE, --k-max N or --tail-bar X")
     spec = load_registry().get("qwen2.5-coder-1.5b")
     target, draft = load_model(spec.target), load_model(spec.draft)
     arms = ([Arm("plain", "plain")] if "--plain" in options else []) + [
-        Arm(name, "spec", fixed_k, ngram=True) for name in ("A", "B")]
+        Arm(name, "spec", fixed_k, ngram=True, invariant=name == "A" and "--invariant" in options)
+        for name in ("A", "B")]
     bench = Bench(target, draft, arms, max_tokens=128)
     engine = bench.pairs["A"].engine
     if "--reference" in variants:
@@ -164,6 +167,8 @@ def main(argv: list[str]) -> None:
             name: {"tokens": len(run.tokens), "speedup": round(run.tps / base, 3),
                    "modeled": round(run.stats.get("modeled_speedup") or 1.0, 3),
                    "k": dict(sorted(run.stats["k_counts"].items(), key=lambda kv: int(kv[0]))),
+                   **({"tau": round(run.stats["tau"], 2), "siblings": run.stats["sibling_hits"]}
+                      if "tau" in run.stats else {}),
                    **({"modeled_now": round(now.modeled_speedup(bench.pairs[name].last_stats), 3)}
                       if now and name in ("A", "B") else {}),
                    **({"modeled_true": round(true.modeled_speedup(bench.pairs[name].last_stats), 3)}

@@ -98,6 +98,24 @@ def test_generate_draft_free_matches_plain_decoding(stories_path):
     assert json.loads(plain.stdout)["draft"] is None
 
 
+def test_generate_invariant_sampling_is_plain_sampling_with_any_draft(stories_path):
+    """--invariant at a seed: the same sampled text with no draft, the n-gram, and the real
+    model as its own draft at a fixed k or adaptive; another seed gives another text."""
+    def sampled(*flags, seed=3):
+        result = run("generate", PROMPT, "--json", "--temp", 0.9, "--seed", seed, "--invariant",
+                     *stories_args(stories_path, "--max-tokens", 40, *flags))
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout)
+        return data["tokens"], data["stats"]["accepted"]
+
+    plain, _ = sampled("--no-draft")
+    drafted = [sampled(*flags) for flags in (("--draft", "ngram", "--k", 4), ("--draft", stories_path, "--k", 3),
+                                             ("--draft", stories_path))]
+    assert all(tokens == plain for tokens, _ in drafted)
+    assert sum(accepted for _, accepted in drafted) > 10  # the drafts were accepted, not idle
+    assert sampled("--no-draft", seed=4)[0] != plain
+
+
 def test_generate_quick_start_opens_with_a_plain_round_and_changes_no_token(stories_path, tmp_path):
     plain = run("generate", PROMPT, "--json", *stories_args(stories_path, "--max-tokens", 40))
     runs = {}
