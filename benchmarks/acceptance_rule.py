@@ -6,8 +6,10 @@ sample-and-compare, on real replies of a pair at temperature T.
 For each prompt a reply is sampled from the target (through mlx-spec, which is lossless, so it
 is a reply of the target), then each model reads prompt + reply in one forward. At every
 position of the reply, sum min(p, q) is the chance that rejection sampling accepts the draft's
-token and sum p * q the chance that the draft's and the target's samples agree (mlx-lm's rule),
-p and q under the same transform (temperature T, the draft's full output layer). A chain of k
+token, sum p * q the chance that the draft's and the target's samples agree (mlx-lm's rule),
+and the chance that their argmaxes under the same Gumbel noise agree (drafter-invariant
+sampling, `--invariant`: sum_i 1 / sum_j max(p_j / p_i, q_j / q_i), exact), p and q under the
+same transform (temperature T, the draft's full output layer). A chain of k
 drafts started at position t then yields 1 + sum_j prod_{i<j} a(t + i) tokens per round,
 averaged over t (an estimate: it follows the sampled reply, where a real round follows its own
 draws). Both rules pay the same k draft steps and the same verification, so the ratio of those
@@ -46,8 +48,31 @@ def chain_tokens(rates: list[float], k: int) -> float:
     return total / len(starts)
 
 
+# tokens the invariant rule's sum runs over: the most likely under min(p, q); a token i adds at
+# most min(p_i, q_i), so the others add at most what is reported as `invariant_missing`
+COUPLED_TOP = 256
+
+
+def coupled_agreement(p: mx.array, q: mx.array, top: int = COUPLED_TOP) -> tuple[mx.array, mx.array]:
+    """Per row of p and q (rows, V): the chance that argmax(log p + G) = argmax(log q + G)
+    for Gumbel noise G shared by both, and at most how much it misses. With E_j = exp(-G_j)
+    exponential, token i wins both where E_j > E_i max(p_j / p_i, q_j / q_i) for every j,
+    which has probability 1 / sum_j max(p_j / p_i, q_j / q_i); summed over the `top` tokens
+    of min(p, q) (what the rest could add: their sum of min(p, q))."""
+    rows, missing = [], []
+    for t in range(p.shape[0]):
+        both = mx.minimum(p[t], q[t])
+        order = mx.argsort(-both)
+        idx, rest = order[:top], order[top:]
+        pi, qi = mx.maximum(p[t][idx][:, None], 1e-30), mx.maximum(q[t][idx][:, None], 1e-30)
+        rows.append((1.0 / mx.maximum(p[t][None] / pi, q[t][None] / qi).sum(-1)).sum())
+        missing.append(both[rest].sum() if rest.size else mx.array(0.0))
+    return mx.stack(rows), mx.stack(missing)
+
+
 def position_rates(pair, prompt_ids: list[int], reply: list[int], sampling: SamplingParams):
-    """Per reply position: (sum min(p, q), sum p * q)."""
+    """Per reply position: (sum min(p, q), sum p * q, the invariant rule's agreement, at most
+    how much that misses)."""
     ids = mx.array(prompt_ids + reply)[None]
     rows = slice(len(prompt_ids) - 1, len(prompt_ids) + len(reply) - 1)
     p = probabilities(pair.target(ids)[0, rows], sampling)
@@ -55,8 +80,9 @@ def position_rates(pair, prompt_ids: list[int], reply: list[int], sampling: Samp
     width = min(p.shape[-1], q.shape[-1])  # vocabulary padding may differ
     p, q = p[:, :width], q[:, :width]
     ours, theirs = mx.minimum(p, q).sum(-1), (p * q).sum(-1)
-    mx.eval(ours, theirs)
-    return ours.tolist(), theirs.tolist()
+    coupled, missing = coupled_agreement(p, q)
+    mx.eval(ours, theirs, coupled, missing)
+    return ours.tolist(), theirs.tolist(), coupled.tolist(), missing.tolist()
 
 
 def measure(pair, prompts: dict, temperature: float, ks: list[int], max_tokens: int, seed: int) -> list[dict]:
@@ -67,37 +93,44 @@ def measure(pair, prompts: dict, temperature: float, ks: list[int], max_tokens: 
         for item in items:
             prompt_ids = pair.encode(item["prompt"])
             reply = pair.generate(prompt_ids, temperature=temperature, max_tokens=max_tokens, seed=seed).tokens
-            ours, theirs = position_rates(pair, prompt_ids, reply, sampling)
+            ours, theirs, coupled, missing = position_rates(pair, prompt_ids, reply, sampling)
             row = {"category": category, "prompt": item["id"], "tokens": len(reply),
-                   "rejection": statistics.fmean(ours), "sample_compare": statistics.fmean(theirs)}
+                   "rejection": statistics.fmean(ours), "sample_compare": statistics.fmean(theirs),
+                   "invariant": statistics.fmean(coupled), "invariant_missing": max(missing)}
             for k in ks:
                 row[f"tau_rejection_k{k}"] = chain_tokens(ours, k)
                 row[f"tau_sample_compare_k{k}"] = chain_tokens(theirs, k)
+                row[f"tau_invariant_k{k}"] = chain_tokens(coupled, k)
             rows.append(row)
             print(f"[{len(rows)}/{total}] {category}/{item['id']}: {len(reply)} tokens, "
-                  f"sum min(p,q) {row['rejection']:.3f}, sum p*q {row['sample_compare']:.3f}", flush=True)
+                  f"sum min(p,q) {row['rejection']:.3f}, sum p*q {row['sample_compare']:.3f}, "
+                  f"invariant {row['invariant']:.3f}", flush=True)
     return rows
 
 
 def summary_markdown(rows: list[dict], ks: list[int], temperature: float) -> str:
-    head = ["category", "prompts", "Σ min(p, q)", "Σ p·q"]
+    head = ["category", "prompts", "Σ min(p, q)", "Σ p·q", "invariant"]
     for k in ks:
-        head += [f"τ k={k} ours", f"τ k={k} mlx-lm", f"ratio k={k}"]
+        head += [f"τ k={k} ours", f"τ k={k} mlx-lm", f"ratio k={k}", f"τ k={k} invariant"]
     rows_out = []
     ratios = {k: [] for k in ks}
     for category in dict.fromkeys(r["category"] for r in rows):
         mine = [r for r in rows if r["category"] == category]
         cells = [category, str(len(mine)), f"{statistics.fmean(r['rejection'] for r in mine):.3f}",
-                 f"{statistics.fmean(r['sample_compare'] for r in mine):.3f}"]
+                 f"{statistics.fmean(r['sample_compare'] for r in mine):.3f}",
+                 f"{statistics.fmean(r['invariant'] for r in mine):.3f}"]
         for k in ks:
             ours = statistics.fmean(r[f"tau_rejection_k{k}"] for r in mine)
             theirs = statistics.fmean(r[f"tau_sample_compare_k{k}"] for r in mine)
+            coupled = statistics.fmean(r[f"tau_invariant_k{k}"] for r in mine)
             ratios[k].append(ours / theirs)
-            cells += [f"{ours:.2f}", f"{theirs:.2f}", f"{ours / theirs:.3f}×"]
+            cells += [f"{ours:.2f}", f"{theirs:.2f}", f"{ours / theirs:.3f}×", f"{coupled:.2f}"]
         rows_out.append(cells)
     tail = ", ".join(f"k={k} {statistics.fmean(v):.3f}×" for k, v in ratios.items())
     return (f"Temperature {temperature}: tokens per round at the same k, rejection sampling over "
-            f"sample-and-compare, averaged over categories: {tail}\n\n" + markdown_table(head, rows_out) + "\n")
+            f"sample-and-compare, averaged over categories: {tail}. The invariant columns: the draft's and "
+            f"the target's argmax under shared Gumbel noise (`--invariant`), without the tree's siblings\n\n"
+            + markdown_table(head, rows_out) + "\n")
 
 
 def main():
