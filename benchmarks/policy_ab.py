@@ -27,11 +27,11 @@ for 0.33), both are then also priced at the true calibration ("modeled_true"); w
 --no-learned-costs, A keeps the misread while B learns from its rounds. --whole-head-costs: A
 plans with costs whose draft was timed with its whole output layer (as before the calibration
 timed the subset head the draft runs), B with the subset head's, both measured now, one after
-the other; both arms are then also priced at B's ("modeled_true"). --invariant: A samples
-drafter-invariantly (mlx_spec.coupling), B by rejection sampling: different texts, so compare
-modeled speed-ups and τ over several seeds. --same-text (with any variant): every arm, plain
-included, samples drafter-invariantly, so at temperature > 0 too both arms decode the same text
-at a seed and their modeled speed-ups compare as greedy ones do (a variant of the policy alone).
+the other; both arms are then also priced at B's ("modeled_true"). --rejection: A samples
+by rejection sampling, B drafter-invariantly (mlx_spec.coupling): different texts, so compare
+modeled speed-ups and τ over several seeds. Otherwise every arm, plain included, samples
+drafter-invariantly (the default), so at temperature > 0 too both arms decode the same text at
+a seed (checked) and their modeled speed-ups compare as greedy ones do.
 Example: python3 benchmarks/policy_ab.py 0.7 open story,poem 7,8 --plain --uncapped
 Needs the pair: mlx-spec models pull qwen2.5-coder-1.5b.
 """
@@ -99,16 +99,15 @@ def main(argv: list[str]) -> None:
                                                   "--misread-draft")]
     fixed_k = int(options[options.index("--fixed-k") + 1]) if "--fixed-k" in options[:-1] else None
     if not {"--uncapped", "--no-regimes", "--no-renames", "--no-follow", "--no-tail", "--no-tail-rows",
-            "--fresh-costs", "--no-learned-costs", "--whole-head-costs", "--invariant"} & set(options) and not variants:
+            "--fresh-costs", "--no-learned-costs", "--whole-head-costs", "--rejection"} & set(options) and not variants:
         sys.exit("name the variant: --uncapped, --no-regimes, --no-renames, --no-follow, --no-tail, --no-tail-rows, "
-                 "--fresh-costs, --no-learned-costs, --whole-head-costs, --invariant, --misread-draft X, "
+                 "--fresh-costs, --no-learned-costs, --whole-head-costs, --rejection, --misread-draft X, "
                  "--reference FILE, --reference-proposers FILE, --k-max N or --tail-bar X")
     spec = load_registry().get("qwen2.5-coder-1.5b")
     target, draft = load_model(spec.target), load_model(spec.draft)
-    same = "--same-text" in options
-    arms = ([Arm("plain", "plain", invariant=same)] if "--plain" in options else []) + [
-        Arm(name, "spec", fixed_k, ngram=True, invariant=same or (name == "A" and "--invariant" in options))
-        for name in ("A", "B")]
+    same = "--rejection" not in options  # both arms decode the same text at a seed
+    arms = ([Arm("plain", "plain")] if "--plain" in options else []) + [
+        Arm(name, "spec", fixed_k, ngram=True, invariant=same or name == "B") for name in ("A", "B")]
     bench = Bench(target, draft, arms, max_tokens=128)
     engine = bench.pairs["A"].engine
     if "--reference" in variants:
@@ -166,7 +165,7 @@ def main(argv: list[str]) -> None:
         ids = bench.encode(item["prompt"])
         runs = {arm.name: bench.run(arm, ids, temp, seed) for arm in (arms if n % 2 == 0 else arms[::-1])}
         base = runs["plain"].tps if "plain" in runs else 1.0
-        if same:  # the point of --same-text: one text per prompt and seed
+        if same:  # one text per prompt and seed: the arms' modeled speed-ups compare exactly
             assert runs["A"].tokens == runs["B"].tokens, f"{item['id']} seed {seed}: the arms' texts differ"
         print(json.dumps({"prompt": item["id"], "seed": seed, **{
             name: {"tokens": len(run.tokens), "speedup": round(run.tps / base, 3),

@@ -42,20 +42,20 @@ class Arm:
     ngram: bool = False
     tree: bool = True  # spec: the draft's runners-up ride in the verification's padding rows
     quick_start: bool = False  # spec: the first round without the draft, its prefill after it (chat's way)
-    invariant: bool = False  # plain, spec: sample drafter-invariantly (the same text as plain's at a seed)
+    invariant: bool = True  # plain, spec: sample drafter-invariantly (the same text as plain's at a seed); never mlx-lm
 
 
 def default_arms(k_fixed: int = 3, mlx_lm_ks: tuple[int, ...] = (3, 5), chain: bool = False,
-                 quick: bool = False, mlx_lm_plain: bool = False, invariant: bool = False) -> list[Arm]:
+                 quick: bool = False, mlx_lm_plain: bool = False, invariant: bool = True) -> list[Arm]:
     """The suite's arms; `chain` adds adaptive mlx-spec verifying the draft's chain alone (no
     token tree), to measure what the tree is worth; `quick` adds adaptive mlx-spec with chat's
     quick start, to weigh its sooner first token against the round it does not speculate;
     `mlx_lm_plain` adds mlx-lm's own decoding without a draft, to check that the baseline
     every speed-up is measured against is no slower than mlx-lm's (it is not one of the
-    "mlx-lm k=" arms the best-k ratio is taken over). `invariant`: every mlx-spec arm, plain
-    included, samples drafter-invariantly, so at temperature > 0 too each arm's reply is
-    plain's, token for token, and a prompt's speed-ups compare the same text (checked as
-    greedy output is)."""
+    "mlx-lm k=" arms the best-k ratio is taken over). `invariant` (default): every mlx-spec
+    arm, plain included, samples drafter-invariantly, so at temperature > 0 too each arm's
+    reply is plain's, token for token, and a prompt's speed-ups compare the same text (checked
+    as greedy output is); False: they accept by rejection sampling."""
     arms = [
         Arm("plain", "plain"),
         Arm("mlx-spec adaptive", "spec", None, ngram=True),
@@ -65,11 +65,11 @@ def default_arms(k_fixed: int = 3, mlx_lm_ks: tuple[int, ...] = (3, 5), chain: b
         arms.append(Arm("mlx-spec adaptive chain", "spec", None, ngram=True, tree=False))
     if quick:
         arms.append(Arm("mlx-spec adaptive quick", "spec", None, ngram=True, quick_start=True))
-    arms += [Arm(f"mlx-lm k={k}", "mlx-lm", k) for k in mlx_lm_ks]
+    arms += [Arm(f"mlx-lm k={k}", "mlx-lm", k, invariant=False) for k in mlx_lm_ks]  # mlx-lm samples its way
     if mlx_lm_plain:
-        arms.append(Arm("mlx-lm plain", "mlx-lm", 0))
-    if invariant:
-        arms = [replace(arm, invariant=True) if arm.kind != "mlx-lm" else arm for arm in arms]
+        arms.append(Arm("mlx-lm plain", "mlx-lm", 0, invariant=False))
+    if not invariant:
+        arms = [replace(arm, invariant=False) for arm in arms]
     return arms
 
 
@@ -290,7 +290,8 @@ def _measure(bench: Bench, prompts: dict, temperatures, repeats: int,
                             "decode_tps": run.decode_tps,
                             "decode_speedup": run.decode_tps / base.decode_tps
                             if run.decode_tps and base.decode_tps else None,
-                            "identical": identical, "invariant": arm.invariant, "stats": run.stats,
+                            "identical": identical, "invariant": arm.invariant and arm.kind != "mlx-lm",
+                            "stats": run.stats,
                         })
                     records += whole  # one step: Ctrl-C cannot leave half a comparison
 

@@ -114,7 +114,7 @@ def run(
     recalibrate: bool = typer.Option(True, "--recalibrate/--cached-costs", help="Measure the pair's costs (a plain step, a draft step, verifications) anew before the arms run, about 40 s for a 1.5B/0.5B pair on a CPU, and keep them (default), or plan with the costs cached by an earlier run on this machine."),
     quick_arm: bool = typer.Option(False, "--quick-arm", help="Add adaptive mlx-spec with chat's quick start (first round without the draft, its prefill after it)."),
     mlx_lm_plain: bool = typer.Option(False, "--mlx-lm-plain", help="Add mlx-lm's own decoding without a draft, to check the plain baseline against it."),
-    invariant: bool = typer.Option(False, "--invariant", help="Every mlx-spec arm, plain included, samples drafter-invariantly: at temperature > 0 too each arm's reply is plain's token for token (checked), so a prompt's speed-ups compare the same text."),
+    invariant: bool = typer.Option(True, "--invariant/--rejection", help="Every mlx-spec arm, plain included, samples drafter-invariantly (default): at temperature > 0 too each arm's reply is plain's token for token (checked), so a prompt's speed-ups compare the same text; or they accept by rejection sampling (each arm its own text)."),
     out: Optional[Path] = typer.Option(None, help="Result JSON (default benchmarks/results/bench-<time>.json)."),
     plot: Optional[Path] = typer.Option(None, help="Also write a PNG of speed-ups per category."),
     md: Optional[Path] = typer.Option(None, help=MD_HELP),

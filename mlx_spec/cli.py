@@ -161,8 +161,9 @@ RepOpt = Annotated[Optional[float], typer.Option(
     "--repetition-penalty", help="Penalise tokens already in the context (e.g. 1.1).",
     rich_help_panel=S)]
 InvariantOpt = Annotated[bool, typer.Option(
-    "--invariant", help="Sample drafter-invariantly: with --seed, the text is plain sampling's "
-    "with that seed, whatever the draft or k (accepts a little less often on free prose).",
+    "--invariant/--rejection", help="Sample drafter-invariantly (default): with --seed, the text is "
+    "plain sampling's with that seed, whatever the draft, k or machine; or accept by rejection "
+    "sampling (the same distribution; the text at a seed depends on what was drafted).",
     rich_help_panel=S)]
 SystemOpt = Annotated[Optional[str], typer.Option(
     "--system", help="System prompt (used with the chat template).", rich_help_panel=S)]
@@ -259,7 +260,7 @@ def chat(
     k: KOpt = None, adaptive: AdaptiveOpt = False, k_max: KMaxOpt = 15,
     temp: TempOpt = 0.7, top_p: TopPOpt = 1.0, top_k: TopKOpt = 0, min_p: MinPOpt = 0.0,
     seed: SeedOpt = None, repetition_penalty: RepOpt = None, system: SystemOpt = None,
-    invariant: InvariantOpt = False,
+    invariant: InvariantOpt = True,
     max_tokens: Annotated[int, typer.Option(
         help="Most tokens per reply (less when the context is nearly full).",
         rich_help_panel=S)] = 1024,
@@ -308,7 +309,7 @@ def generate(
         "has one) or send the text as-is.", rich_help_panel=S)] = None,
     temp: TempOpt = 0.0, top_p: TopPOpt = 1.0, top_k: TopKOpt = 0, min_p: MinPOpt = 0.0,
     seed: SeedOpt = None, repetition_penalty: RepOpt = None, system: SystemOpt = None,
-    invariant: InvariantOpt = False,
+    invariant: InvariantOpt = True,
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.",
                                             rich_help_panel=S)] = 256,
     stop: Annotated[Optional[List[str]], typer.Option(

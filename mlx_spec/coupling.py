@@ -57,6 +57,8 @@ def perturbed(logits: mx.array, sampling: SamplingParams, positions: Iterable[in
     """Rows of logits (rows, V) -> log-probabilities after the sampling transform plus each
     row's position noise; their argmax is the row's token. `ids`: the token ids of the
     columns (a draft's subset of the vocabulary, all below `width`; None: 0..V-1)."""
+    if sampling.seed is None:  # Engine.decode draws one for a generation without
+        raise ValueError("drafter-invariant sampling needs a seed")
     scores = mx.log(probabilities(logits, sampling))
     if ids is None:
         noise = [position_noise(sampling.seed, t, scores.shape[-1]) for t in positions]

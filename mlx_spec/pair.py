@@ -148,16 +148,16 @@ class Pair:
         system: str | None = None,
         trace: bool = False,
         quick_start: bool = False,
-        invariant: bool = False,
+        invariant: bool = True,
     ) -> Iterator[Step]:
         """Yield one Step per round (text, token ids, which were drafted, running stats).
         Close the generator to cancel; the caches keep exactly the tokens emitted. `trace`
         keeps a record of every round in `stats.trace` (see `mlx_spec.trace`). `quick_start`
         yields the first round before the draft model reads the prompt (plain, or an n-gram
         guess): its tokens come as soon as plain decoding's would (chat does this), for about
-        one round's gain. `invariant` samples drafter-invariantly (mlx_spec.coupling): with a
-        seed, the reply is plain sampling's with that seed, token for token, whatever the draft
-        or k."""
+        one round's gain. `invariant` (default) samples drafter-invariantly (mlx_spec.coupling):
+        with a seed, the reply is plain sampling's with that seed, token for token, whatever the
+        draft or k; False accepts by rejection sampling."""
         sampling = SamplingParams(
             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
             repetition_penalty=repetition_penalty, invariant=invariant,

@@ -20,11 +20,10 @@ LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How tokens are chosen. temperature 0 means greedy (argmax). `invariant`: sample
-    drafter-invariantly (coupling.py): with a seed, the text is the one plain sampling with
-    that seed gives, whatever the draft, k or the machine's speed; by default the round
-    accepts by rejection sampling, which accepts a little more often but whose text depends
-    on what was drafted."""
+    """How tokens are chosen. temperature 0 means greedy (argmax). `invariant` (default):
+    sample drafter-invariantly (coupling.py): with a seed, the text is the one plain sampling
+    with that seed gives, whatever the draft, k or the machine's speed; False: the round
+    accepts by rejection sampling, whose text at a seed depends on what was drafted."""
 
     temperature: float = 0.0
     top_k: int = 0
@@ -34,7 +33,7 @@ class SamplingParams:
     repetition_penalty: float | None = None
     repetition_context_size: int = 20
     logit_bias: dict[int, float] | None = field(default=None, hash=False)
-    invariant: bool = False
+    invariant: bool = True
 
     def __post_init__(self):
         checks = [

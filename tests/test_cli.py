@@ -99,16 +99,17 @@ def test_generate_draft_free_matches_plain_decoding(stories_path):
 
 
 def test_generate_invariant_sampling_is_plain_sampling_with_any_draft(stories_path):
-    """--invariant at a seed: the same sampled text with no draft, the n-gram, and the real
-    model as its own draft at a fixed k or adaptive; another seed gives another text."""
+    """Sampling is drafter-invariant by default (--invariant): at a seed, the same sampled
+    text with no draft, the n-gram, and the real model as its own draft at a fixed k or
+    adaptive; another seed gives another text."""
     def sampled(*flags, seed=3):
-        result = run("generate", PROMPT, "--json", "--temp", 0.9, "--seed", seed, "--invariant",
+        result = run("generate", PROMPT, "--json", "--temp", 0.9, "--seed", seed,
                      *stories_args(stories_path, "--max-tokens", 40, *flags))
         assert result.exit_code == 0, result.output
         data = json.loads(result.stdout)
         return data["tokens"], data["stats"]["accepted"]
 
-    plain, _ = sampled("--no-draft")
+    plain, _ = sampled("--no-draft", "--invariant")
     drafted = [sampled(*flags) for flags in (("--draft", "ngram", "--k", 4), ("--draft", stories_path, "--k", 3),
                                              ("--draft", stories_path))]
     assert all(tokens == plain for tokens, _ in drafted)

@@ -54,7 +54,7 @@ def test_the_chain_ends_after_the_token_where_its_confidence_falls_below_the_bar
 
 def test_a_sampled_chain_reads_the_drafts_probability_of_the_token_it_drew(draft):
     """Not its top probability: a draw the draft finds unlikely is a likely rejection."""
-    sampling = SamplingParams(temperature=1.5)
+    sampling = SamplingParams(temperature=1.5, invariant=False)
     proposer = DraftModelProposer(draft, VOCAB)
     proposer.prefill(CONTEXT)
     proposal = proposer.propose(CONTEXT, 8, sampling, np.random.default_rng(3), stop_below=1e-12)
@@ -75,7 +75,7 @@ def test_a_sampled_chain_reads_the_drafts_probability_of_the_token_it_drew(draft
 def test_a_sampled_chain_ends_on_the_draw_where_its_reach_falls_below_the_bar(draft):
     """The same draws with the bar between the chain's reach before and after each of them:
     the chain ends on that draw."""
-    sampling = SamplingParams(temperature=1.5)
+    sampling = SamplingParams(temperature=1.5, invariant=False)
     proposer = DraftModelProposer(draft, VOCAB)
     proposer.prefill(CONTEXT)
     full = proposer.propose(CONTEXT, 8, sampling, np.random.default_rng(3), stop_below=1e-12)
@@ -90,7 +90,7 @@ def test_a_sampled_chain_ends_on_the_draw_where_its_reach_falls_below_the_bar(dr
 
 
 def test_a_sampled_chain_stops_on_the_draft_distribution_too(draft):
-    sampling = SamplingParams(temperature=1.0)
+    sampling = SamplingParams(temperature=1.0, invariant=False)
     assert len(propose(draft, 6, 0.0, sampling)) == 6
     assert len(propose(draft, 6, 1.0, sampling)) == 1
 

@@ -21,7 +21,7 @@ TOKENS = 10
 
 
 def invariant(seed: int, setting: str = "t1") -> SamplingParams:
-    return SamplingParams(seed=seed, invariant=True, **SETTINGS[setting])
+    return SamplingParams(seed=seed, **{**SETTINGS[setting], "invariant": True})
 
 
 def tokens_of(engine, sampling: SamplingParams, max_tokens: int = TOKENS) -> tuple[list[int], int]:

@@ -92,10 +92,11 @@ def bound(dof: int) -> float:
     return dof + 4.5 * math.sqrt(2 * dof)
 
 
+# rejection sampling (test_invariant_sampling.py tests the default, drafter-invariant sampling)
 SETTINGS = {
-    "t1": dict(temperature=1.0),
-    "t0.7-top_p": dict(temperature=0.7, top_p=0.9),
-    "top_k-min_p": dict(temperature=1.0, top_k=5, min_p=0.05),
+    "t1": dict(temperature=1.0, invariant=False),
+    "t0.7-top_p": dict(temperature=0.7, top_p=0.9, invariant=False),
+    "top_k-min_p": dict(temperature=1.0, top_k=5, min_p=0.05, invariant=False),
 }
 
 
@@ -177,7 +178,7 @@ def test_the_tree_harness_takes_tokens_from_siblings(target, draft):
     assert engine.tree
     hits = rounds = 0
     for seed in range(200):
-        for step in engine.decode(PROMPT, sampling=SamplingParams(seed=seed, temperature=1.0), max_tokens=LENGTH):
+        for step in engine.decode(PROMPT, sampling=SamplingParams(seed=seed, **SETTINGS["t1"]), max_tokens=LENGTH):
             pass
         hits, rounds = hits + step.stats.sibling_hits, rounds + step.stats.rounds
     assert hits > rounds / 10  # a sibling often holds the correction: the tree path is tested
