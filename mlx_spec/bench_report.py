@@ -12,9 +12,10 @@ from mlx_spec.policy import CEILING_ALPHAS, Costs
 LOG_WIDTH = 240  # columns of a results table written to a file or a pipe
 
 
-# the settings line of a result whose mlx-spec arms sampled drafter-invariantly (bench --invariant)
+# the settings line of a result whose mlx-spec arms sampled drafter-invariantly (bench's default)
 INVARIANT_NOTE = ("; the mlx-spec arms sampled drafter-invariantly, so every sampled reply of theirs is plain "
                   "decoding's, token for token")
+
 
 def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{suffix}"

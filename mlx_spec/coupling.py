@@ -21,7 +21,6 @@ from typing import Iterable
 
 import mlx.core as mx
 
-from mlx_spec.sampling import SamplingParams, probabilities
 
 # Noise is drawn in blocks of token ids, so the noise of a token does not depend on how wide
 # a vocabulary asks for it (the target's logits may be padded wider than the draft's).
@@ -52,16 +51,16 @@ def position_noise(seed: int, position: int, width: int) -> mx.array:
     return mx.concatenate([_block(seed, position, b) for b in range(-(-width // BLOCK))])[:width]
 
 
-def perturbed(logits: mx.array, sampling: SamplingParams, positions: Iterable[int],
+def perturbed(probs: mx.array, seed: int | None, positions: Iterable[int],
               ids: mx.array | None = None, width: int | None = None) -> mx.array:
-    """Rows of logits (rows, V) -> log-probabilities after the sampling transform plus each
-    row's position noise; their argmax is the row's token. `ids`: the token ids of the
-    columns (a draft's subset of the vocabulary, all below `width`; None: 0..V-1)."""
-    if sampling.seed is None:  # Engine.decode draws one for a generation without
+    """Rows of probabilities (rows, V; sampling.probabilities of the logits) -> their logs
+    plus each row's position noise; their argmax is the row's token. `ids`: the token ids of
+    the columns (a draft's subset of the vocabulary, all below `width`; None: 0..V-1)."""
+    if seed is None:  # Engine.decode draws one for a generation without
         raise ValueError("drafter-invariant sampling needs a seed")
-    scores = mx.log(probabilities(logits, sampling))
+    scores = mx.log(probs)
     if ids is None:
-        noise = [position_noise(sampling.seed, t, scores.shape[-1]) for t in positions]
+        noise = [position_noise(seed, t, scores.shape[-1]) for t in positions]
     else:
-        noise = [position_noise(sampling.seed, t, width)[ids] for t in positions]
+        noise = [position_noise(seed, t, width)[ids] for t in positions]
     return scores + mx.stack(noise)

@@ -262,7 +262,8 @@ class Engine:
             n, extra = accept(logprobs, None, drafts, None, greedy=True, use_kernel=self.use_kernel)
         elif sampling.invariant:
             # row i's token is the perturbed argmax at position len(context) + i
-            scores = perturbed(logits, sampling, range(len(self.context), len(self.context) + k + 1))
+            positions = range(len(self.context), len(self.context) + k + 1)
+            scores = perturbed(probabilities(logits, sampling), sampling.seed, positions)
             n, extra = accept(scores, None, drafts, None, greedy=True, use_kernel=self.use_kernel)
         else:
             p = probabilities(logits, sampling)
@@ -285,7 +286,8 @@ class Engine:
         if sampling.greedy:
             return mx.argmax(logits - mx.logsumexp(logits, axis=-1, keepdims=True), axis=-1)
         if sampling.invariant:
-            return mx.argmax(perturbed(logits, sampling, [start + d for d, _ in tree.siblings]), axis=-1)
+            positions = [start + d for d, _ in tree.siblings]
+            return mx.argmax(perturbed(probabilities(logits, sampling), sampling.seed, positions), axis=-1)
         p = probabilities(logits, sampling)
         u = mx.array(rng.random(p.shape[0], dtype=np.float32))
         return mx.stack([sample_from_weights(p[j], u[j]) for j in range(p.shape[0])])

@@ -246,7 +246,7 @@ class DraftModelProposer:
             return (choice if ids is None else ids[choice]).astype(mx.int32), None, runners
         q = probabilities(logits, sampling)
         if sampling.invariant:
-            scores = perturbed(logits, sampling, [position], ids, self.target_vocab)
+            scores = perturbed(q, sampling.seed, [position], ids, self.target_vocab)
             choice = mx.argmax(scores, axis=-1)
             runners = runners_up(scores, choice, ids)
         else:

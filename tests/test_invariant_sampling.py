@@ -14,7 +14,7 @@ import mlx_spec.coupling as coupling
 from mlx_spec.coupling import BLOCK, perturbed, position_noise
 from mlx_spec.policy import AdaptiveK, Costs
 from mlx_spec.proposers import DraftModelProposer
-from mlx_spec.sampling import SamplingParams
+from mlx_spec.sampling import SamplingParams, probabilities
 
 SEEDS = 60
 TOKENS = 10
@@ -85,8 +85,8 @@ def test_the_harness_catches_noise_shared_between_positions(target, draft, monke
 def test_no_seed_still_samples():
     """Without a seed, a generation draws one: replies differ from call to call."""
     logits = mx.zeros((1, 50))
-    picks = {int(mx.argmax(perturbed(logits, SamplingParams(temperature=1.0, seed=s, invariant=True), [3])).item())
-             for s in range(20)}
+    probs = probabilities(logits, SamplingParams(temperature=1.0))
+    picks = {int(mx.argmax(perturbed(probs, s, [3])).item()) for s in range(20)}
     assert len(picks) > 5
 
 
@@ -104,8 +104,8 @@ def test_subset_columns_read_the_noise_of_their_ids():
     logits = mx.array(np.random.default_rng(0).normal(size=(1, 40)).astype(np.float32))
     ids = mx.array([3, 17, 38])
     sampling = SamplingParams(temperature=0.9, seed=4, invariant=True)
-    full = perturbed(logits, sampling, [9])
-    sub = perturbed(logits[:, ids], sampling, [9], ids=ids, width=40)
+    full = perturbed(probabilities(logits, sampling), 4, [9])
+    sub = perturbed(probabilities(logits[:, ids], sampling), 4, [9], ids=ids, width=40)
     # the same noise; log-probabilities differ by the subset's normaliser only
     shift = (full[0, ids] - sub[0])
     assert float(mx.abs(shift - shift[0]).max()) < 1e-5
