@@ -21,6 +21,8 @@ from typing import Iterable
 
 import mlx.core as mx
 
+from mlx_spec.sampling import SamplingParams, probabilities
+
 
 # Noise is drawn in blocks of token ids, so the noise of a token does not depend on how wide
 # a vocabulary asks for it (the target's logits may be padded wider than the draft's).
@@ -64,3 +66,19 @@ def perturbed(probs: mx.array, seed: int | None, positions: Iterable[int],
     else:
         noise = [position_noise(seed, t, width)[ids] for t in positions]
     return scores + mx.stack(noise)
+
+
+def token_scores(logits: mx.array, sampling: SamplingParams, positions: Iterable[int]) -> mx.array:
+    """Rows of the target's logits (rows, V; after the processors) -> scores whose argmax is
+    each row's token: its log-probabilities plus its position's noise. Where no filter cuts
+    the distribution (top-k, top-p and min-p off), a row's log-probabilities are its tempered
+    logits less one constant, which no argmax sees, so the softmax and its logarithm (two
+    passes of `exp`/`log` over each row, 57 ms against 13 ms for 16 rows of 151,936 here) are
+    left out. Plain decoding and every round's verification score a row this same way."""
+    if sampling.seed is None:  # Engine.decode draws one for a generation without
+        raise ValueError("drafter-invariant sampling needs a seed")
+    vocab = logits.shape[-1]
+    if 0 < sampling.top_k < vocab or sampling.top_p < 1.0 or sampling.min_p > 0:
+        return perturbed(probabilities(logits, sampling), sampling.seed, positions)
+    noise = mx.stack([position_noise(sampling.seed, t, vocab) for t in positions])
+    return logits.astype(mx.float32) / sampling.temperature + noise

@@ -17,7 +17,7 @@ import numpy as np
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache
 
 from mlx_spec.acceptance import accept, sample_from_weights
-from mlx_spec.coupling import perturbed
+from mlx_spec.coupling import token_scores
 from mlx_spec.errors import SpecError
 from mlx_spec.policy import FixedK
 from mlx_spec.proposers import Proposal, Proposer, cache_length, common_prefix, forward_chunked, rollback
@@ -257,13 +257,13 @@ class Engine:
             ]
             logits = mx.concatenate(rows)
         if sampling.greedy:
-            # argmax of log-probabilities, exactly as plain greedy decoding computes it
-            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-            n, extra = accept(logprobs, None, drafts, None, greedy=True, use_kernel=self.use_kernel)
+            # the argmax of the logits: that of the log-probabilities (a row less one constant),
+            # without a pass of `exp` over every row; plain decoding reads its row the same way
+            n, extra = accept(logits, None, drafts, None, greedy=True, use_kernel=self.use_kernel)
         elif sampling.invariant:
             # row i's token is the perturbed argmax at position len(context) + i
             positions = range(len(self.context), len(self.context) + k + 1)
-            scores = perturbed(probabilities(logits, sampling), sampling.seed, positions)
+            scores = token_scores(logits, sampling, positions)
             n, extra = accept(scores, None, drafts, None, greedy=True, use_kernel=self.use_kernel)
         else:
             p = probabilities(logits, sampling)
@@ -284,10 +284,10 @@ class Engine:
         the token after it at start + d)."""
         logits = rows[tree.k + 1 : tree.k + 1 + len(tree.siblings)].astype(mx.float32)
         if sampling.greedy:
-            return mx.argmax(logits - mx.logsumexp(logits, axis=-1, keepdims=True), axis=-1)
+            return mx.argmax(logits, axis=-1)
         if sampling.invariant:
             positions = [start + d for d, _ in tree.siblings]
-            return mx.argmax(perturbed(probabilities(logits, sampling), sampling.seed, positions), axis=-1)
+            return mx.argmax(token_scores(logits, sampling, positions), axis=-1)
         p = probabilities(logits, sampling)
         u = mx.array(rng.random(p.shape[0], dtype=np.float32))
         return mx.stack([sample_from_weights(p[j], u[j]) for j in range(p.shape[0])])

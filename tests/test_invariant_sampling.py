@@ -109,3 +109,24 @@ def test_subset_columns_read_the_noise_of_their_ids():
     # the same noise; log-probabilities differ by the subset's normaliser only
     shift = (full[0, ids] - sub[0])
     assert float(mx.abs(shift - shift[0]).max()) < 1e-5
+
+
+@pytest.mark.parametrize("setting", [{"temperature": 0.7}, {"temperature": 1.3}, {"temperature": 0.7, "top_p": 0.9},
+                                     {"temperature": 1.0, "top_k": 5, "min_p": 0.05}])
+def test_token_scores_pick_the_perturbed_argmax_of_the_probabilities(setting):
+    """The verification's scores (tempered logits plus noise where no filter cuts the
+    distribution) choose each row's token as log-probabilities plus noise do."""
+    logits = mx.array(np.random.default_rng(1).normal(scale=3.0, size=(6, 300)).astype(np.float32))
+    positions = range(11, 17)
+    picked, expected = [], []
+    for seed in range(40):
+        sampling = SamplingParams(seed=seed, invariant=True, **setting)
+        picked += mx.argmax(coupling.token_scores(logits, sampling, positions), axis=-1).tolist()
+        expected += mx.argmax(perturbed(probabilities(logits, sampling), seed, positions), axis=-1).tolist()
+    assert picked == expected
+    assert len(set(picked)) > 20  # the noise moves the choice: the comparison is not vacuous
+
+
+def test_token_scores_need_a_seed():
+    with pytest.raises(ValueError, match="seed"):
+        coupling.token_scores(mx.zeros((1, 8)), SamplingParams(temperature=0.7), [0])
