@@ -231,9 +231,15 @@ class DraftModelProposer:
 
     def _draw(self, logits, ids, history, sampling: SamplingParams, rng, position: int):
         """One draft token, the one at `position`, from a row of logits -> (token (1,), q
-        padded to the target's vocabulary or None when greedy, its runners-up). Sampling
-        drafter-invariantly, the token is the draft's argmax under the noise the target will
-        use at that position (coupling.py), its runners-up the next ones under it."""
+        padded to the target's vocabulary or None when greedy, its runners-up, the draft's
+        confidence in the token (`confidence`; lazy)). Sampling drafter-invariantly, the token
+        is the draft's argmax under the noise the target will use at that position
+        (coupling.py), its runners-up the next ones under it, and the confidence q[token] taken
+        halfway to the softmax of the perturbed scores at the token: on the pair's sampled
+        replies the softmax ranks the target's agreement better than q[token] (AUC 0.910
+        against 0.885) but reads it too high (0.827 against 0.794; q[token] 0.758), and a
+        chain stopping on it alone drafted too far (benchmarks/NOTES.md)."""
+        raw = logits
         if ids is not None and sampling.processors:
             # history-dependent processors index logits by token id: give them the full row
             full = mx.full((1, self.target_vocab), -mx.inf, dtype=logits.dtype)
@@ -243,23 +249,27 @@ class DraftModelProposer:
         if sampling.greedy:
             choice = mx.argmax(logits, axis=-1)
             runners = runners_up(logits, choice, ids)
-            return (choice if ids is None else ids[choice]).astype(mx.int32), None, runners
+            token = (choice if ids is None else ids[choice]).astype(mx.int32)
+            return token, None, runners, confidence(raw, None, token)
         q = probabilities(logits, sampling)
         if sampling.invariant:
             scores = perturbed(q, sampling.seed, [position], ids, self.target_vocab)
             choice = mx.argmax(scores, axis=-1)
             runners = runners_up(scores, choice, ids)
+            sure = mx.exp(scores.max() - mx.logsumexp(scores))  # the perturbed softmax at its argmax
         else:
             key = mx.random.key(int(rng.integers(2**31)))
             choice = mx.random.categorical(mx.log(q), key=key)
             runners = runners_up(logits, choice, ids)
         if ids is not None:  # q over the subset, zero elsewhere
             full = mx.zeros((1, self.target_vocab), dtype=q.dtype)
-            return ids[choice].astype(mx.int32), mx.put_along_axis(full, ids[None], q, axis=-1), runners
-        pad = self.target_vocab - q.shape[-1]
-        if pad > 0:  # ids the draft does not have get probability 0
-            q = mx.concatenate([q, mx.zeros((1, pad), q.dtype)], axis=-1)
-        return choice.astype(mx.int32), q, runners
+            token, q = ids[choice].astype(mx.int32), mx.put_along_axis(full, ids[None], q, axis=-1)
+        else:
+            token, pad = choice.astype(mx.int32), self.target_vocab - q.shape[-1]
+            if pad > 0:  # ids the draft does not have get probability 0
+                q = mx.concatenate([q, mx.zeros((1, pad), q.dtype)], axis=-1)
+        confident = confidence(raw, q, token)
+        return token, q, runners, (confident + sure) / 2 if sampling.invariant else confident
 
     def propose(self, context, k, sampling, rng, stop_below: float = 0.0):
         """Up to k draft tokens, one draft step each. With `stop_below` > 0 the chain stops
@@ -285,13 +295,13 @@ class DraftModelProposer:
                     break
             else:
                 logits, ids = self._forward(feed)
-                token, q, runners = self._draw(logits, ids, history, sampling, rng, len(context) + len(chain.tokens))
+                token, q, runners, confident = self._draw(logits, ids, history, sampling, rng,
+                                                          len(context) + len(chain.tokens))
                 mx.async_eval(token)
                 chain.add(token, q, runners)
                 if len(chain.tokens) == k:
                     break
                 if stop_below > 0:
-                    confident = confidence(logits, q, token)
                     mx.eval(token, confident)
                     if chain.read(token.item(), confident.item()) < stop_below:
                         break
@@ -327,12 +337,12 @@ class DraftModelProposer:
         inputs = mx.concatenate([feed, mx.array(path + [0] * pad, dtype=mx.int32)])
         rows, ids = self._forward(inputs, rows=fed + pad)
         drawn = [self._draw(rows[j : j + 1], ids, None, sampling, rng, position + j) for j in range(fed)]
-        confident = mx.stack([confidence(rows[j], q, d) for j, (d, q, _) in enumerate(drawn)])
-        mx.eval([d for d, _, _ in drawn], confident)
-        values, confidences = mx.concatenate([d for d, _, _ in drawn]).tolist(), confident.tolist()
+        confident = mx.stack([c for *_, c in drawn])
+        mx.eval([d for d, *_ in drawn], confident)
+        values, confidences = mx.concatenate([d for d, *_ in drawn]).tolist(), confident.tolist()
         self.jumps += 1
         stopped = False
-        for j, (value, (d, q, runners)) in enumerate(zip(values, drawn)):
+        for j, (value, (d, q, runners, _)) in enumerate(zip(values, drawn)):
             chain.add(d, q, runners)
             if chain.read(value, confidences[j]) < stop_below:
                 stopped = True

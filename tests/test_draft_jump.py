@@ -171,3 +171,27 @@ def test_jumping_rounds_keep_one_sync_one_target_forward_and_exact_caches(storie
     more = pair.generate(text_so_far, max_tokens=20, chat=False)
     assert more.stats.prompt_tokens == 1  # both caches were reused
     assert more.tokens == Pair(model, tok).generate(text_so_far, max_tokens=20, chat=False).tokens
+
+
+def test_an_invariant_draw_is_as_sure_as_q_taken_halfway_to_the_perturbed_softmax(draft):
+    """Sampling drafter-invariantly, the chain's confidence in its token is the mean of q at the
+    token and the softmax of the perturbed scores at their argmax (the token); sampling by
+    rejection it stays q at the token."""
+    from mlx_spec.coupling import perturbed
+    from mlx_spec.sampling import probabilities
+
+    proposer = DraftModelProposer(draft, VOCAB)
+    logits = draft(mx.array(CONTEXT)[None])[0, -1:]
+    moved = []
+    for seed in range(5):
+        sampling = SamplingParams(temperature=2.0, seed=seed)
+        token, q, _, sure = proposer._draw(logits, None, None, sampling, np.random.default_rng(0), 7)
+        scores = perturbed(probabilities(logits, sampling), seed, [7])
+        soft = float(mx.softmax(scores, axis=-1)[0, token.item()].item())
+        assert token.item() == int(mx.argmax(scores, axis=-1).item())
+        assert sure.item() == pytest.approx((q[0, token.item()].item() + soft) / 2, rel=1e-5)
+        moved.append(abs(sure.item() - q[0, token.item()].item()))
+    assert max(moved) > 1e-3  # the perturbed softmax moves the confidence: the check is not vacuous
+    rejection = SamplingParams(temperature=0.8, seed=0, invariant=False)
+    token, q, _, sure = proposer._draw(logits, None, None, rejection, np.random.default_rng(0), 7)
+    assert sure.item() == pytest.approx(q[0, token.item()].item(), rel=1e-6)
