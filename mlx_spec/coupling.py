@@ -21,7 +21,7 @@ from typing import Iterable
 
 import mlx.core as mx
 
-from mlx_spec.sampling import SamplingParams, probabilities
+from mlx_spec.sampling import SamplingParams, filters_cut, probabilities
 
 
 # Noise is drawn in blocks of token ids, so the noise of a token does not depend on how wide
@@ -77,8 +77,7 @@ def token_scores(logits: mx.array, sampling: SamplingParams, positions: Iterable
     left out. Plain decoding and every round's verification score a row this same way."""
     if sampling.seed is None:  # Engine.decode draws one for a generation without
         raise ValueError("drafter-invariant sampling needs a seed")
-    vocab = logits.shape[-1]
-    if 0 < sampling.top_k < vocab or sampling.top_p < 1.0 or sampling.min_p > 0:
+    if filters_cut(sampling, logits.shape[-1]):
         return perturbed(probabilities(logits, sampling), sampling.seed, positions)
-    noise = mx.stack([position_noise(sampling.seed, t, vocab) for t in positions])
+    noise = mx.stack([position_noise(sampling.seed, t, logits.shape[-1]) for t in positions])
     return logits.astype(mx.float32) / sampling.temperature + noise

@@ -79,6 +79,12 @@ def _keep_at_least(probs: mx.array, threshold: mx.array) -> mx.array:
     return mx.where(probs >= threshold, probs, 0.0)
 
 
+def filters_cut(params: SamplingParams, vocab: int) -> bool:
+    """Whether any filter `probabilities` applies (top-k, top-p, min-p) can cut a row of
+    `vocab` logits: where none can, the probabilities are the tempered softmax."""
+    return 0 < params.top_k < vocab or params.top_p < 1.0 or params.min_p > 0
+
+
 def probabilities(logits: mx.array, params: SamplingParams) -> mx.array:
     """Rows of logits (..., V) -> rows of probabilities after temperature/top-k/top-p/min-p.
 
