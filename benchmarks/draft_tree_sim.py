@@ -10,9 +10,9 @@ tokens and their probabilities, saved as DIR/PROMPT.npz. `replay` walks each rep
 round from those rows:
 
 - chain: the draft drafts its best token while the product of its top probabilities stays at
-  or above the stop (0.32, t_draft / t_plain), up to 15; the target accepts the prefix that
-  matches its reply; the rows past the chain hold runners-up (tree.plan_tree's weights), and
-  a round whose correction is one of them gets one more token;
+  or above the stop (0.32), up to 15; the
+  target accepts the prefix that matches its reply; the rows past the chain hold the runners-up
+  `tree.plan_tree` picks, and a round whose correction is one of them gets one more token;
 - tree wW/S: best-first, each draft forward expands the W unexpanded nodes of highest path
   probability that is at least S (a batched forward of W rows, priced by the draft's forward
   ladder), up to 15 expansions; a node's children are the draft's 4 best tokens; the 15 nodes
@@ -33,18 +33,20 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_spec.proposers import padded_batch
+from mlx_spec.tree import SIBLINGS, plan_tree
+
 # host H (2-core Xeon, OpenBLAS SkylakeX): a draft forward of n tokens in draft steps (medians
 # of 12 at a 300-token cache), a draft step and a 16-row verification in plain steps
 DRAFT_LADDER = {1: 1.00, 2: 1.11, 3: 1.22, 4: 1.34, 6: 1.40, 8: 1.45, 16: 1.67}
 T_DRAFT, T_VERIFY = 0.34, 1.48
 ROWS = 15  # verified nodes besides the root
-CHILDREN = 4
-RANK_WORTH = (1.0, 0.5, 0.3, 0.2)  # tree.py's
+CHILDREN = 4  # a tree node's children: the draft's 4 most likely tokens
 
 
 def draft_forward(rows: int) -> float:
-    size = next(n for n in sorted(DRAFT_LADDER) + [rows] if n >= rows)
-    return DRAFT_LADDER.get(size, DRAFT_LADDER[16])
+    """A draft forward over `rows` tokens, in draft steps (padded as the engine pads it)."""
+    return DRAFT_LADDER[padded_batch(rows)]
 
 
 def collect(prompt_ids: list[str], out: Path) -> None:
@@ -88,15 +90,10 @@ def chain_round(reply, top, topp, j: int, stop: float = 0.32, k_max: int = 15) -
             break
     tokens = accepted + 1
     if accepted < k and j + accepted < n:  # a sibling at the rejected depth?
-        rank = np.flatnonzero(top[j + accepted, 1 : CHILDREN + 1] == reply[j + accepted])
+        rank = np.flatnonzero(top[j + accepted, 1 : SIBLINGS + 1] == reply[j + accepted])
         if rank.size:
-            weights, reach = [], 1.0
-            for c in confidence:
-                weights.append(reach * (1 - c))
-                reach *= c
-            ranked = sorted(((weights[i] * RANK_WORTH[r], i, r) for i in range(k) for r in range(CHILDREN)),
-                            reverse=True)[: ROWS - k]
-            tokens += any(i == accepted and r == rank[0] for _, i, r in ranked)
+            tree = plan_tree(k, [SIBLINGS] * k, ROWS + 1, confidence)
+            tokens += (accepted + 1, int(rank[0])) in tree.siblings
     # the first forward also feeds the token the last round committed beyond the draft's
     price = (draft_forward(2) + (k - 1)) * T_DRAFT + T_VERIFY
     return min(tokens, n - j), price
