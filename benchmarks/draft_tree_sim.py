@@ -10,7 +10,7 @@ tokens and their probabilities, saved as DIR/PROMPT.npz. `replay` walks each rep
 round from those rows:
 
 - chain: the draft drafts its best token while the product of its top probabilities stays at
-  or above the stop (0.32), up to 15; the
+  or above the stop (t_draft / t_plain, as the engine's `AdaptiveK.stop_below`), up to 15; the
   target accepts the prefix that matches its reply; the rows past the chain hold the runners-up
   `tree.plan_tree` picks, and a round whose correction is one of them gets one more token;
 - tree wW/S: best-first, each draft forward expands the W unexpanded nodes of highest path
@@ -73,7 +73,7 @@ def collect(prompt_ids: list[str], out: Path) -> None:
         print(f"{pid}: {len(reply)} tokens", flush=True)
 
 
-def chain_round(reply, top, topp, j: int, stop: float = 0.32, k_max: int = 15) -> tuple[int, float]:
+def chain_round(reply, top, topp, j: int, stop: float = T_DRAFT, k_max: int = 15) -> tuple[int, float]:
     """(tokens, price in plain steps) of one chain round starting at reply position j."""
     n = len(reply)
     k, accepted, reach, matching, confidence = 0, 0, 1.0, True, []
