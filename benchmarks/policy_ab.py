@@ -59,17 +59,27 @@ def load_reference(path: str, name: str):
 
 
 def reference_policy(path: str, current):
-    """An AdaptiveK from another policy.py, with the current one's costs and k_max, learning
-    the draft's price from its rounds where the current one does (and the other can)."""
+    """An AdaptiveK (a FixedK where `current` is one) from another policy.py, with the current
+    one's costs and k_max (or k), learning the draft's price from its rounds where the current
+    one does (and the other can)."""
     module = load_reference(path, "policy_reference")
     known = {f.name for f in dataclasses.fields(module.Costs)}  # an older Costs has fewer fields
     costs = module.Costs(**{k: v for k, v in dataclasses.asdict(current.calibration).items() if k in known})
-    learns = getattr(current, "round_costs", None) is not None
+    learns = getattr(getattr(current, "estimates", None) or current, "round_costs", None) is not None
     can_learn = "learn_costs" in inspect.signature(module.AdaptiveK).parameters  # from round_costs.py on
-    policy = module.AdaptiveK(costs, current.k_max, **({"learn_costs": True} if learns and can_learn else {}))
+    learn = {"learn_costs": True} if learns and can_learn else {}
+    policy = (module.FixedK(current.k, costs, **learn) if isinstance(current, FixedK)
+              else module.AdaptiveK(costs, current.k_max, **learn))
     if "seconds" not in inspect.signature(policy.settle).parameters:  # from before round_costs.py
         settle = policy.settle
         policy.settle = lambda tokens, verified, forwards=(), seconds=None: settle(tokens, verified, forwards)
+    if "sibling" in inspect.signature(policy.update).parameters:  # from before per-rank sibling rates
+        update = policy.update
+        policy.update = lambda source, k, n, tried=0, hit=None: update(
+            source, k, n, sibling=(hit is not None) if tried else None)
+    if "confidences" not in inspect.signature(policy.verify_tokens).parameters:  # sized without the round's
+        verify_tokens = policy.verify_tokens
+        policy.verify_tokens = lambda k, source=None, confidences=None: verify_tokens(k, source)
     if not hasattr(policy, "calibration"):
         policy.calibration = costs  # what the bench prices its rounds at
     return policy
@@ -171,6 +181,7 @@ def main(argv: list[str]) -> None:
             name: {"tokens": len(run.tokens), "speedup": round(run.tps / base, 3),
                    "modeled": round(run.stats.get("modeled_speedup") or 1.0, 3),
                    "k": dict(sorted(run.stats["k_counts"].items(), key=lambda kv: int(kv[0]))),
+                   **({"sizes": run.stats["verify_sizes"]} if run.stats.get("verify_sizes") else {}),
                    **({"tau": round(run.stats["tau"], 2), "siblings": run.stats["sibling_hits"]}
                       if "tau" in run.stats else {}),
                    **({"modeled_now": round(now.modeled_speedup(bench.pairs[name].last_stats), 3)}

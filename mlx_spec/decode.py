@@ -190,8 +190,9 @@ class Engine:
     def _size(self, proposal: Proposal | None, sampling: SamplingParams) -> int:
         """Tokens the round's verification feeds (a larger size than the cheapest only pays
         with siblings in its rows)."""
-        k = proposal.k if proposal else 0
-        return self.policy.verify_tokens(k, proposal.key if self._siblings_allowed(proposal, sampling) else None)
+        if not self._siblings_allowed(proposal, sampling):
+            return self.policy.verify_tokens(proposal.k if proposal else 0)
+        return self.policy.verify_tokens(proposal.k, proposal.key, proposal.confidences)
 
     def _spare(self, proposal: Proposal, size: int, sampling: SamplingParams, k_limit: int) -> int:
         """Rows of a verification of `size` tokens left for a tail after the root, the proposal
@@ -390,8 +391,9 @@ class Engine:
             for proposer in self.proposers:
                 proposer.observe(proposal, n_accepted, committed)
             if proposal is not None:
-                tried = tree is not None and n < k and any(d == n + 1 for d, _ in tree.siblings)
-                self.policy.update(proposal.key, k, n, sibling=(node is not None) if tried else None)
+                tried = [r for d, r in tree.siblings if d == n + 1] if tree is not None and n < k else []
+                hit = tree.siblings[node - (k + 1)][1] if node is not None else None
+                self.policy.update(proposal.key, k, n, len(tried), hit)
             for shadow in shadows:
                 self.policy.update(shadow.key, *shadow_outcome(shadow.host, committed))
             forwards = proposal.forwards if proposal else ()

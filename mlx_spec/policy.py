@@ -23,6 +23,7 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from mlx_spec.errors import SpecError
 from mlx_spec.round_costs import RoundCosts
+from mlx_spec.tree import RANK_WORTH, SIBLINGS, plan_tree
 
 
 CEILING_ALPHAS = (1.0, 0.9, 0.8, 0.7, 0.6)  # acceptance rates at which reports give the ceiling
@@ -165,9 +166,9 @@ class FixedK:
         """(k, expected tokens per second of `source` proposing k; 0.0 without costs)."""
         return self.k, self.estimates.rate(source, self.k) if self.estimates else 0.0
 
-    def verify_tokens(self, k: int, source: str | None = None) -> int:
+    def verify_tokens(self, k: int, source: str | None = None, confidences: list[float] | None = None) -> int:
         if self.estimates and source is not None:
-            return self.estimates.verify_tokens(k, source)
+            return self.estimates.verify_tokens(k, source, confidences)
         return padded_tokens(self.costs, k)
 
     def tail_worth(self, key: str | None = None) -> bool:
@@ -203,7 +204,8 @@ class FixedK:
             for j in range(room(s)):
                 r *= guesses[min(j, len(guesses) - 1)]
                 gain += r
-            return (est.expected(source, k, s) + gain) / self.costs.round_cost(k, size=s)
+            # the siblings get the rows the tail leaves
+            return (est.expected(source, k, s - room(s)) + gain) / self.costs.round_cost(k, size=s)
 
         return max([size] + [s for s in self.costs.sizes(k) if s > size], key=rate)
 
@@ -224,9 +226,9 @@ class FixedK:
         if self.estimates:
             self.estimates.allow_siblings()
 
-    def update(self, source: str, k: int, n: int, sibling: bool | None = None) -> None:
+    def update(self, source: str, k: int, n: int, siblings_tried: int = 0, sibling_hit: int | None = None) -> None:
         if self.estimates:
-            self.estimates.update(source, k, n, sibling)
+            self.estimates.update(source, k, n, siblings_tried, sibling_hit)
 
     def settle(self, tokens: int, verified: int, forwards=(), seconds: float | None = None) -> None:
         """Nothing to pay for (a fixed k never probes); the round's seconds may reprice
@@ -290,7 +292,9 @@ class AdaptiveK:
         # a rejected position still yields a token when the target's pick was one of them.
         self.siblings = False
         self.sibling_prior = sibling_prior
-        self.sibling_counts: dict[str, list[float]] = {}  # source -> [hits, misses], decayed
+        # source -> per runner-up rank [hits, misses], decayed: how often the rank's sibling
+        # was the correction where it was tried at the rejected position
+        self.sibling_counts: dict[str, list[list[float]]] = {}
         # The ledger probes are paid from (`settle`): plain decoding steps the rounds saved (a
         # round's tokens less its price) and the tokens they emitted. A probe must leave the
         # savings above -(explore x tokens + explore_grace) even if it fails (explore None:
@@ -354,52 +358,73 @@ class AdaptiveK:
     def allow_siblings(self) -> None:
         self.siblings = True
 
+    def sibling_rates(self, source: str) -> list[float]:
+        """Per runner-up rank (tree.RANK_WORTH's), how often the sibling of that rank was the
+        correction at a rejected position where it was tried. The best runner-up's prior is
+        `sibling_prior`; a further rank's is the best one's rate times its RANK_WORTH (each
+        worth two trials): rank 2 to 4 are tried less often, and learn from fewer rounds."""
+        counts = self.sibling_counts.get(self._key(source)) or [[0.0, 0.0]] * len(RANK_WORTH)
+        rates = []
+        for rank, (hits, misses) in enumerate(counts):
+            prior = self.sibling_prior if rank == 0 else rates[0] * RANK_WORTH[rank]
+            rates.append((hits + 2 * prior) / (hits + misses + 2))
+        return rates
+
     def sibling_rate(self, source: str) -> float:
-        """How often a rejected position's correction was one of the siblings tried there."""
-        hits, misses = self.sibling_counts.get(self._key(source), (0.0, 0.0))
-        return (hits + 2 * self.sibling_prior) / (hits + misses + 2)
+        """How often a rejected position's correction was the best runner-up tried there."""
+        return self.sibling_rates(source)[0]
 
-    def sibling_depths(self, source: str, k: int, size: int | None = None) -> int:
-        """Depths counted as having a sibling when `source` proposes k and the verification
-        feeds `size` tokens (None: the cheapest size): one per row past the chain, up to k
-        (tree.plan_tree may stack them where the draft is unsure instead; the estimate
-        assumes one each); none for free sources, which have no draft distribution to take
-        runners-up from."""
-        if not self.siblings or self._free(source):
-            return 0
-        size = padded_tokens(self.costs, k) if size is None else size
-        return min(k, size - (k + 1))
+    def branches(self, source: str) -> bool:
+        """Whether `source`'s rounds may hold siblings: allowed, and a paid source (a free
+        one's guesses have no draft distribution to take runners-up from)."""
+        return self.siblings and not self._free(source)
 
-    def expected(self, source: str, k: int, size: int | None = None) -> float:
-        """1 + sum_j prod_{i<=j} alpha_i, plus, where siblings are tried at depth i, the chance
-        of reaching i, being rejected there and finding the correction among them."""
+    def sibling_gains(self, source: str, k: int, confidences: list[float] | None = None) -> list[float]:
+        """Expected tokens each row past the chain adds when `source` proposes k, in the order
+        tree.plan_tree fills them. A sibling at depth i of rank r adds a token when the chain
+        reaches i, is rejected there and the correction is that sibling: reach_i (1 - c_i)
+        times the rank's rate, with c_i the draft's confidence in its token at depth i where
+        the round's chain read it (`confidences`: a shaky chain's rows are worth more than a
+        sure one's), the estimated acceptance alpha_i where not."""
+        if k == 0 or not self.branches(source):
+            return []
+        sure = self.alphas(source)[:k]
+        if confidences:
+            sure = list(confidences[:k]) + sure[len(confidences):]
+        rates = self.sibling_rates(source)
+        reach = [math.prod(sure[:i]) for i in range(k)]
+        tree = plan_tree(k, [SIBLINGS] * k, k + 1 + k * SIBLINGS, sure)
+        return [reach[d - 1] * (1 - sure[d - 1]) * rates[r] for d, r in tree.siblings]
+
+    def expected(self, source: str, k: int, size: int | None = None, gains: list[float] | None = None) -> float:
+        """1 + sum_j prod_{i<=j} alpha_i, plus what the siblings in the verification's rows
+        past the chain add (`sibling_gains`; `gains` where already computed) when it feeds
+        `size` tokens (None: the cheapest size)."""
         total, reach = 1.0, 1.0
-        covered, beta = self.sibling_depths(source, k, size), 0.0
-        if covered:
-            beta = self.sibling_rate(source)
-        for i, a in enumerate(self.alphas(source)[:k]):
-            if i < covered:
-                total += reach * (1 - a) * beta
+        for a in self.alphas(source)[:k]:
             reach *= a
             total += reach
-        return total
+        size = padded_tokens(self.costs, k) if size is None else size
+        gains = self.sibling_gains(source, k) if gains is None else gains
+        return total + sum(gains[: max(size - (k + 1), 0)])
 
-    def _rate(self, source: str, k: int, size: int) -> float:
+    def _rate(self, source: str, k: int, size: int, gains: list[float] | None = None) -> float:
         """Expected tokens per second of `source` proposing k, verified in `size` tokens."""
         if self._free(source):
             cost = self.costs.round_cost(k, 0.0, size)
         else:
             cost = self.costs.round_cost(k, size=size)
-        return self.expected(source, k, size) / cost
+        return self.expected(source, k, size, gains) / cost
 
-    def _best_size(self, source: str, k: int) -> tuple[int, float]:
+    def _best_size(self, source: str, k: int, confidences: list[float] | None = None) -> tuple[int, float]:
         """(tokens to feed, expected rate): the cheapest verification, or a larger one whose
         extra rows hold siblings that are expected to pay for it (only paid sources, which
-        have siblings, are offered a larger size)."""
+        have siblings, are offered a larger size; `sibling_gains` for `confidences`)."""
         sizes = self.costs.sizes(k)
-        if k == 0 or not self.sibling_depths(source, k, max(sizes)):
+        gains = self.sibling_gains(source, k, confidences)
+        if not gains or max(sizes) <= k + 1:
             sizes = sizes[:1]
-        return max(((size, self._rate(source, k, size)) for size in sizes), key=lambda sr: sr[1])
+        return max(((size, self._rate(source, k, size, gains)) for size in sizes), key=lambda sr: sr[1])
 
     def rate(self, source: str, k: int) -> float:
         """Expected tokens per second of a round proposing k tokens from `source`."""
@@ -500,22 +525,26 @@ class AdaptiveK:
         than the exploring budget (`explore` of its tokens and `explore_grace` steps)."""
         return not self._within_budget(self.saved)
 
-    def verify_tokens(self, k: int, source: str | None = None) -> int:
-        """Tokens to feed the target to verify k drafts from `source` (None: the cheapest)."""
+    def verify_tokens(self, k: int, source: str | None = None, confidences: list[float] | None = None) -> int:
+        """Tokens to feed the target to verify k drafts from `source` (None: the cheapest),
+        whose draft read its confidence in each token where given (`confidences`)."""
         if source is None:
             return padded_tokens(self.costs, k)
-        return self._best_size(source, k)[0]
+        return self._best_size(source, k, confidences)[0]
 
-    def update(self, source: str, k: int, n: int, sibling: bool | None = None) -> None:
-        """A round proposed k tokens from `source` and the target accepted n; `sibling` says
-        whether siblings were tried at the rejected position and one was the correction."""
+    def update(self, source: str, k: int, n: int, siblings_tried: int = 0, sibling_hit: int | None = None) -> None:
+        """A round proposed k tokens from `source` and the target accepted n. Where n < k,
+        the verification held the draft's `siblings_tried` best runners-up at the rejected
+        position (ranks 0 .. siblings_tried - 1) and `sibling_hit` is the rank of the one that
+        was the correction (None: none was)."""
         if k == 0:
             return
         source = self._key(source)
-        if sibling is not None:
-            counts = self.sibling_counts.setdefault(source, [0.0, 0.0])
-            counts[0] = counts[0] * self.decay + sibling
-            counts[1] = counts[1] * self.decay + (not sibling)
+        if siblings_tried:
+            counts = self.sibling_counts.setdefault(source, [[0.0, 0.0] for _ in RANK_WORTH])
+            for rank, c in enumerate(counts[:siblings_tried]):
+                c[0] = c[0] * self.decay + (rank == sibling_hit)
+                c[1] = c[1] * self.decay + (rank != sibling_hit)
         if n > 0:
             self.wait[source] = self.probe_soon
         elif source in self.probing:  # a failed probe: wait twice as long for the next

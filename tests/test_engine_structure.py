@@ -146,7 +146,7 @@ def test_per_source_statistics_add_up_to_the_totals(stories):
 class PaddingPolicy(FixedK):
     """Fixed k, but verifies with 5 extra (ignored) tokens, as calibration may choose."""
 
-    def verify_tokens(self, k, source=None):
+    def verify_tokens(self, k, source=None, confidences=None):
         return k + 6
 
 
@@ -157,9 +157,9 @@ class SizeRecordingPolicy(FixedK):
         super().__init__(k)
         self.asked = []
 
-    def verify_tokens(self, k, source=None):
+    def verify_tokens(self, k, source=None, confidences=None):
         self.asked.append(source)
-        return super().verify_tokens(k, source)
+        return super().verify_tokens(k, source, confidences)
 
 
 def test_a_larger_verification_is_only_considered_where_siblings_can_ride_in_it(stories):

@@ -9,6 +9,7 @@ import pytest
 
 from mlx_spec.policy import AdaptiveK, Costs, FixedK, cached_calibration, calibration_path
 from mlx_spec.stats import Stats
+from mlx_spec.tree import RANK_WORTH
 
 
 def test_expected_tokens_with_equal_acceptance_is_the_geometric_formula():
@@ -144,15 +145,15 @@ def test_the_drafting_ceiling_is_the_best_k_at_a_given_acceptance():
 
 
 def test_a_larger_verification_is_chosen_where_its_siblings_pay_for_it():
-    # 4 tokens verify k = 3; 8 cost 0.15 more (7.5% of the round) and hold a sibling at each depth
-    costs = Costs(draft_step=0.2, verify=[1.0, 1.2, 1.3, 1.4, 1.5, 1.5, 1.55, 1.55],
+    # 4 tokens verify k = 3; 6 or 8 cost 0.15 more (7.5% of the round) and hold 2 or 4 siblings
+    costs = Costs(draft_step=0.2, verify=[1.0, 1.2, 1.3, 1.4, 1.55, 1.55, 1.55, 1.55],
                   verify_tokens=[1, 2, 3, 4, 6, 6, 8, 8], draft_batch=0.4,
-                  ladder={1: 1.0, 2: 1.2, 3: 1.3, 4: 1.4, 6: 1.5, 8: 1.55})
+                  ladder={1: 1.0, 2: 1.2, 3: 1.3, 4: 1.4, 6: 1.55, 8: 1.55})
     hits, misses = AdaptiveK(costs, k_max=7), AdaptiveK(costs, k_max=7)
     for policy in (hits, misses):
         policy.allow_siblings()
-        for _ in range(10):
-            policy.update("draft", 3, 1, sibling=policy is hits)
+        for _ in range(10):  # rejected at the second draft, where 4 runners-up were tried
+            policy.update("draft", 3, 1, 4, 0 if policy is hits else None)
     assert hits.verify_tokens(3, "draft") == 8 and hits.expected("draft", 3, 8) > hits.expected("draft", 3, 4)
     assert misses.verify_tokens(3, "draft") == 4  # siblings that never hit are not worth it
     assert hits.verify_tokens(3, "ngram:4") == 4  # a free guess has no runners-up to add
@@ -161,8 +162,60 @@ def test_a_larger_verification_is_chosen_where_its_siblings_pay_for_it():
     fixed = FixedK(3, costs)
     fixed.allow_siblings()
     for _ in range(10):
-        fixed.update("draft", 3, 1, sibling=True)
+        fixed.update("draft", 3, 1, 1, 0)
     assert fixed.verify_tokens(3, "draft") == 8
+
+
+def test_each_runner_up_rank_learns_its_own_rate():
+    policy = AdaptiveK(Costs(draft_step=0.2, verify=[1.0, 1.2, 1.3, 1.4]), k_max=3)
+    prior = policy.sibling_rates("draft")
+    assert prior[0] == pytest.approx(policy.sibling_prior)
+    assert prior[1:] == pytest.approx([prior[0] * w for w in RANK_WORTH[1:]])  # priors follow rank 0
+    for _ in range(8):  # the correction is always the draft's third choice (rank 1 of its runners-up)
+        policy.update("draft", 3, 0, 2, 1)
+    rates = policy.sibling_rates("draft")
+    assert rates[1] > prior[1] and rates[0] < prior[0]
+    assert rates[3] < prior[3]  # untried ranks follow rank 0's rate down
+    assert policy.sibling_rates("other") == prior  # learned per source
+    policy.update("draft", 3, 3, 0, None)  # all accepted: nothing tried, nothing learned
+    assert policy.sibling_rates("draft") == rates
+
+
+def test_siblings_are_valued_where_the_tree_would_place_them():
+    # k = 1 verified in 4 rows: the root, the draft and its two best runners-up at depth 1
+    costs = Costs(draft_step=0.2, verify=[1.0, 1.2], verify_tokens=[1, 4], ladder={1: 1.0, 4: 1.2})
+    policy = AdaptiveK(costs, k_max=1)
+    policy.allow_siblings()
+    policy.update("draft", 1, 0, 2, 0)
+    alpha, rates = policy.alphas("draft")[0], policy.sibling_rates("draft")
+    assert policy.sibling_gains("draft", 1) == pytest.approx([(1 - alpha) * r for r in rates])
+    assert policy.expected("draft", 1, 4) == pytest.approx(1 + alpha + (1 - alpha) * (rates[0] + rates[1]))
+    assert policy.expected("draft", 1, 2) == pytest.approx(1 + alpha)  # no row past the chain
+    assert policy.sibling_gains("ngram:3", 1) == []  # a free guess has no runners-up
+
+
+def test_a_verification_grows_past_one_sibling_per_depth_where_further_ranks_land():
+    # k = 1: 4 rows hold the draft's two best runners-up, 8 rows all four, for 0.1 more
+    costs = Costs(draft_step=0.2, verify=[1.0, 1.2], verify_tokens=[1, 2], ladder={1: 1.0, 2: 1.2, 4: 1.3, 8: 1.4})
+    deep, shallow = AdaptiveK(costs, k_max=1), AdaptiveK(costs, k_max=1)
+    for policy in (deep, shallow):
+        policy.allow_siblings()
+        for _ in range(10):  # rejected with 4 runners-up tried
+            policy.update("draft", 1, 0, 4, 3 if policy is deep else 0)
+    assert deep.verify_tokens(1, "draft") == 8  # the draft's fifth choice keeps being the target's
+    assert shallow.verify_tokens(1, "draft") == 4  # its second choice is: two rows are enough
+
+
+def test_a_round_whose_draft_was_unsure_is_verified_with_more_siblings():
+    costs = Costs(draft_step=0.2, verify=[1.0, 1.2, 1.3], verify_tokens=[1, 2, 3],
+                  ladder={1: 1.0, 2: 1.2, 3: 1.3, 8: 1.45})
+    policy = AdaptiveK(costs, k_max=2)
+    policy.allow_siblings()
+    assert policy.verify_tokens(2, "draft", [0.99, 0.99]) == 3  # siblings would hardly be needed
+    assert policy.verify_tokens(2, "draft", [0.4, 0.5]) == 8  # likely rejected: try the runners-up
+    unsure = policy.sibling_gains("draft", 2, [0.4])  # the second token unread: its alpha stands in
+    assert unsure[0] == pytest.approx(0.6 * policy.sibling_rate("draft"))
+    assert policy.sibling_gains("draft", 2, []) == policy.sibling_gains("draft", 2)
 
 
 def test_fixed_k_pads_verification_and_ranks_sources_by_rate_at_its_k():

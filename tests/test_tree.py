@@ -164,6 +164,31 @@ def test_siblings_save_rounds_over_the_chain_alone(stories, weak_draft):
     assert tree.rounds < chain.rounds
 
 
+class RankRecordingK(FixedK):
+    """A fixed k that records what each round tells the policy about its siblings."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.told = []
+
+    def update(self, source, k, n, siblings_tried=0, sibling_hit=None):
+        self.told.append((k, n, siblings_tried, sibling_hit))
+        super().update(source, k, n, siblings_tried, sibling_hit)
+
+
+def test_the_policy_learns_which_rank_of_runner_up_was_the_correction(stories, weak_draft):
+    policy = RankRecordingK(3, padded_costs())
+    _, stats = tokens_of(engine(stories, weak_draft, policy), stories[1].encode(PROMPT))
+    hits = [hit for _, _, _, hit in policy.told if hit is not None]
+    assert len(hits) == stats.sibling_hits > 0
+    # 16 rows hold all 4 runners-up of each of the 3 depths: a rejection tried every rank
+    assert all(tried == 4 for k, n, tried, _ in policy.told if n < k)
+    assert all(tried == 0 and hit is None for k, n, tried, hit in policy.told if n == k)
+    assert set(hits) <= {0, 1, 2, 3} and max(hits) > 0  # the weak draft's further runners-up land too
+    rates = policy.estimates.sibling_rates("draft")
+    assert rates[0] != policy.estimates.sibling_prior  # learned from the rounds
+
+
 def test_no_siblings_where_the_verification_has_no_free_row(stories, weak_draft):
     prompt = stories[1].encode(PROMPT)
     _, stats = tokens_of(engine(stories, weak_draft, FixedK(3, Costs(0.2, [1.0] * 4))), prompt)
@@ -194,10 +219,10 @@ def test_siblings_raise_the_expected_tokens_of_rounds_with_free_rows():
     assert with_tree[2] > chain[2] and with_tree[3] > chain[3]
     assert policy.expected("ngram", 3) == AdaptiveK(padded_costs(), 15).expected("ngram", 3)
     before = policy.sibling_rate("draft")
-    policy.update("draft", 3, 1, sibling=True)
+    policy.update("draft", 3, 1, 1, 0)
     assert policy.sibling_rate("draft") > before
-    policy.update("draft", 3, 1, sibling=False)
-    policy.update("draft", 3, 1, sibling=False)
+    policy.update("draft", 3, 1, 1, None)
+    policy.update("draft", 3, 1, 1, None)
     assert policy.sibling_rate("draft") < before
 
 
