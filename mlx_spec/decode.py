@@ -391,9 +391,9 @@ class Engine:
             for proposer in self.proposers:
                 proposer.observe(proposal, n_accepted, committed)
             if proposal is not None:
-                tried = [r for d, r in tree.siblings if d == n + 1] if tree is not None and n < k else []
+                tried = sum(d == n + 1 for d, _ in tree.siblings) if tree is not None and n < k else 0
                 hit = tree.siblings[node - (k + 1)][1] if node is not None else None
-                self.policy.update(proposal.key, k, n, len(tried), hit)
+                self.policy.update(proposal.key, k, n, tried, hit)
             for shadow in shadows:
                 self.policy.update(shadow.key, *shadow_outcome(shadow.host, committed))
             forwards = proposal.forwards if proposal else ()

@@ -23,7 +23,7 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from mlx_spec.errors import SpecError
 from mlx_spec.round_costs import RoundCosts
-from mlx_spec.tree import RANK_WORTH, SIBLINGS, plan_tree
+from mlx_spec.tree import RANK_WORTH, SIBLINGS, plan_tree, rejection_chances
 
 
 CEILING_ALPHAS = (1.0, 0.9, 0.8, 0.7, 0.6)  # acceptance rates at which reports give the ceiling
@@ -391,10 +391,9 @@ class AdaptiveK:
         sure = self.alphas(source)[:k]
         if confidences:
             sure = list(confidences[:k]) + sure[len(confidences):]
-        rates = self.sibling_rates(source)
-        reach = [math.prod(sure[:i]) for i in range(k)]
+        rates, chances = self.sibling_rates(source), rejection_chances(k, sure)
         tree = plan_tree(k, [SIBLINGS] * k, k + 1 + k * SIBLINGS, sure)
-        return [reach[d - 1] * (1 - sure[d - 1]) * rates[r] for d, r in tree.siblings]
+        return [chances[d - 1] * rates[r] for d, r in tree.siblings]
 
     def expected(self, source: str, k: int, size: int | None = None, gains: list[float] | None = None) -> float:
         """1 + sum_j prod_{i<=j} alpha_i, plus what the siblings in the verification's rows

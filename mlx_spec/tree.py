@@ -60,17 +60,25 @@ class Tree:
         return None
 
 
+def rejection_chances(k: int, confidences: list[float]) -> list[float]:
+    """Per depth 1..k, the chance that the chain is accepted up to it and rejected there, with
+    the draft's confidence c_j in each drafted token: c_1..c_{i-1} (1 - c_i) (UNREAD for a
+    token past those read)."""
+    chances, reach = [], 1.0
+    for i in range(k):
+        c = confidences[i] if i < len(confidences) else UNREAD
+        chances.append(reach * (1.0 - c))
+        reach *= c
+    return chances
+
+
 def plan_tree(k: int, ranks: list[int], size: int, confidences: list[float] | None = None) -> Tree:
     """Fill the rows past the chain with the siblings most likely to be needed. A sibling at
-    depth i is used when d_1..d_{i-1} are accepted and d_i is not: with the draft's confidence
-    c_j in each drafted token, about c_1..c_{i-1} (1 - c_i), times its rank's worth. Without
-    confidences every depth weighs the same: the best runner-up at every depth, then the
-    second at every depth, and so on. ranks[i]: runners-up available at depth i+1."""
-    weights, reach = [1.0] * k, 1.0
-    for i in range(k) if confidences else ():
-        c = confidences[i] if i < len(confidences) else UNREAD
-        weights[i] = reach * (1.0 - c)
-        reach *= c
+    depth i is used when d_1..d_{i-1} are accepted and d_i is not (`rejection_chances`), times
+    its rank's worth. Without confidences every depth weighs the same: the best runner-up at
+    every depth, then the second at every depth, and so on. ranks[i]: runners-up available at
+    depth i+1."""
+    weights = rejection_chances(k, confidences) if confidences else [1.0] * k
     candidates = [(i, rank) for i in range(k) for rank in range(min(ranks[i], len(RANK_WORTH)))]
     candidates.sort(key=lambda c: (-weights[c[0]] * RANK_WORTH[c[1]], c[1], c[0]))
     free = max(size - (k + 1), 0)
