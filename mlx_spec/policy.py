@@ -49,6 +49,7 @@ class Costs:
     def __post_init__(self):
         if self.ladder:  # JSON keeps the token counts as strings
             self.ladder = {int(t): float(s) for t, s in self.ladder.items()}
+        self._measured = sorted(self.ladder or ())  # the ladder's sizes, asked for every round
 
     def sizes(self, k: int) -> list[int]:
         """The forward sizes that can verify k drafts: every measured one of at least k+1
@@ -56,7 +57,7 @@ class Costs:
         cheapest = padded_tokens(self, k)
         if not self.ladder:
             return [cheapest]
-        return [cheapest] + sorted(t for t in self.ladder if t > k and t != cheapest)
+        return [cheapest] + [t for t in self._measured if t > k and t != cheapest]
 
     def forward(self, tokens: int, k: int | None = None) -> float:
         """Seconds of one target forward over `tokens` tokens (verify[k] when not measured)."""
@@ -307,6 +308,9 @@ class AdaptiveK:
         # The kind of text being decoded ("prose" or "code", `enter`): a paid source is learned
         # per kind, so a draft benched on a reply's prose opening is tried afresh on its code.
         self.regimes, self.regime = regimes, "prose"
+        # What the estimates give until the next update (`_known`): plan weighs every k and
+        # size a round, each from the same alphas, sibling rates and chain sums.
+        self._memo: dict = {}
 
     def enter(self, regime: str) -> None:
         """The next rounds decode `regime` text ("prose", or "code" inside a fenced block).
@@ -327,8 +331,18 @@ class AdaptiveK:
             return source
         return f"{source}@{self.regime}"
 
+    def _known(self, what: str, key: str, compute):
+        """`compute()`, remembered per (what, key) until the estimates change (`update`,
+        `reset`, `allow_siblings`)."""
+        try:
+            return self._memo[what, key]
+        except KeyError:
+            value = self._memo[what, key] = compute()
+            return value
+
     def reset(self) -> None:
         """Back to the prior: a new conversation may be a different kind of text."""
+        self._memo.clear()
         self.counts.clear()
         self.sibling_counts.clear()
         self.idle.clear()
@@ -338,7 +352,11 @@ class AdaptiveK:
         self.saved, self.emitted = 0.0, 0
 
     def alphas(self, source: str) -> list[float]:
+        """Per draft position, the estimated acceptance of `source`'s token there."""
         source = self._key(source)
+        return list(self._known("alphas", source, lambda: self._alphas(source)))
+
+    def _alphas(self, source: str) -> tuple[float, ...]:
         counts = self.counts.get(source) or [[0.0, 0.0]] * self.k_max
         # Each position's prior (worth two trials) is the estimate of the position before it,
         # so positions the policy has not tried yet inherit what it knows, not a fixed guess.
@@ -346,7 +364,7 @@ class AdaptiveK:
         for s, f in counts:
             prior = (s + 2 * prior) / (s + f + 2)
             result.append(prior)
-        return result
+        return tuple(result)
 
     def _free(self, source: str) -> bool:
         return source.split(":")[0] in self.free_sources
@@ -357,18 +375,23 @@ class AdaptiveK:
 
     def allow_siblings(self) -> None:
         self.siblings = True
+        self._memo.clear()
 
     def sibling_rates(self, source: str) -> list[float]:
         """Per runner-up rank (tree.RANK_WORTH's), how often the sibling of that rank was the
         correction at a rejected position where it was tried. The best runner-up's prior is
         `sibling_prior`; a further rank's is the best one's rate times its RANK_WORTH (each
         worth two trials): rank 2 to 4 are tried less often, and learn from fewer rounds."""
-        counts = self.sibling_counts.get(self._key(source)) or [[0.0, 0.0]] * len(RANK_WORTH)
+        source = self._key(source)
+        return list(self._known("sibling rates", source, lambda: self._sibling_rates(source)))
+
+    def _sibling_rates(self, source: str) -> tuple[float, ...]:
+        counts = self.sibling_counts.get(source) or [[0.0, 0.0]] * len(RANK_WORTH)
         rates = []
         for rank, (hits, misses) in enumerate(counts):
             prior = self.sibling_prior if rank == 0 else rates[0] * RANK_WORTH[rank]
             rates.append((hits + 2 * prior) / (hits + misses + 2))
-        return rates
+        return tuple(rates)
 
     def sibling_rate(self, source: str) -> float:
         """How often a rejected position's correction was the best runner-up tried there."""
@@ -388,24 +411,41 @@ class AdaptiveK:
         sure one's), the estimated acceptance alpha_i where not."""
         if k == 0 or not self.branches(source):
             return []
-        sure = self.alphas(source)[:k]
-        if confidences:
-            sure = list(confidences[:k]) + sure[len(confidences):]
+        if not confidences and k <= self.k_max:
+            # From the estimates alone, for every k at once: a depth's weight depends only on
+            # the depths before it, so k's rows are the k_max chain's, those deeper than k left out.
+            key = self._key(source)
+            rows = self._known("sibling rows", key,
+                               lambda: self._sibling_rows(source, self.k_max, self.alphas(source)))
+            return self._known(f"sibling gains {k}", key, lambda: [g for d, g in rows if d <= k])
+        sure = list(confidences[:k]) + list(self.alphas(source)[len(confidences or ()):k])
+        return [gain for _, gain in self._sibling_rows(source, k, sure)]
+
+    def _sibling_rows(self, source: str, k: int, sure) -> list[tuple[int, float]]:
+        """(depth, expected tokens) of each row past a k chain whose tokens are `sure`."""
         rates, chances = self.sibling_rates(source), rejection_chances(k, sure)
         tree = plan_tree(k, [SIBLINGS] * k, k + 1 + k * SIBLINGS, sure)
-        return [chances[d - 1] * rates[r] for d, r in tree.siblings]
+        return [(d, chances[d - 1] * rates[r]) for d, r in tree.siblings]
 
     def expected(self, source: str, k: int, size: int | None = None, gains: list[float] | None = None) -> float:
         """1 + sum_j prod_{i<=j} alpha_i, plus what the siblings in the verification's rows
         past the chain add (`sibling_gains`; `gains` where already computed) when it feeds
         `size` tokens (None: the cheapest size)."""
-        total, reach = 1.0, 1.0
-        for a in self.alphas(source)[:k]:
-            reach *= a
-            total += reach
+        total = self.chain_tokens(source)[min(k, self.k_max)]
         size = padded_tokens(self.costs, k) if size is None else size
         gains = self.sibling_gains(source, k) if gains is None else gains
         return total + sum(gains[: max(size - (k + 1), 0)])
+
+    def chain_tokens(self, source: str) -> tuple[float, ...]:
+        """Per k (0 .. k_max), the tokens a chain of k from `source` is expected to land,
+        its bonus token included: 1 + sum_j prod_{i<=j} alpha_i."""
+        def totals() -> tuple[float, ...]:
+            result, reach = [1.0], 1.0
+            for a in self.alphas(source):
+                reach *= a
+                result.append(result[-1] + reach)
+            return tuple(result)
+        return self._known("chain tokens", self._key(source), totals)
 
     def _rate(self, source: str, k: int, size: int, gains: list[float] | None = None) -> float:
         """Expected tokens per second of `source` proposing k, verified in `size` tokens."""
@@ -538,6 +578,7 @@ class AdaptiveK:
         was the correction (None: none was)."""
         if k == 0:
             return
+        self._memo.clear()
         source = self._key(source)
         if siblings_tried:
             counts = self.sibling_counts.setdefault(source, [[0.0, 0.0] for _ in RANK_WORTH])

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from mlx_spec.policy import AdaptiveK, Costs, FixedK, cached_calibration, calibration_path
 from mlx_spec.stats import Stats
-from mlx_spec.tree import RANK_WORTH
+from mlx_spec.tree import RANK_WORTH, SIBLINGS, plan_tree, rejection_chances
 
 
 def test_expected_tokens_with_equal_acceptance_is_the_geometric_formula():
@@ -216,6 +217,51 @@ def test_a_round_whose_draft_was_unsure_is_verified_with_more_siblings():
     unsure = policy.sibling_gains("draft", 2, [0.4])  # the second token unread: its alpha stands in
     assert unsure[0] == pytest.approx(0.6 * policy.sibling_rate("draft"))
     assert policy.sibling_gains("draft", 2, []) == policy.sibling_gains("draft", 2)
+
+
+def test_what_the_planner_remembers_between_updates_never_goes_stale():
+    # plan weighs every k and size from alphas, sibling rates and sibling rows it keeps until
+    # the next update; a twin that forgets them before every question must answer the same
+    costs = Costs(draft_step=0.3, verify=[1.0, 1.2, 1.3, 1.35, 1.4, 1.45, 1.5],
+                  verify_tokens=[1, 2, 3, 4, 6, 6, 8], ladder={1: 1.0, 2: 1.2, 4: 1.3, 8: 1.4, 16: 1.6})
+    kept, fresh = AdaptiveK(costs, k_max=6), AdaptiveK(costs, k_max=6)
+    rng = np.random.default_rng(5)
+    asked = set()
+    for round_ in range(60):
+        if round_ == 3:
+            for policy in (kept, fresh):
+                policy.allow_siblings()
+        regime = "code" if round_ % 20 >= 10 else "prose"
+        answers = []
+        for policy in (kept, fresh):
+            policy.enter(regime)
+            if policy is fresh:
+                policy._memo.clear()
+            plan = policy.plan("draft")
+            k = max(plan[0], 1)
+            gains = [policy.sibling_gains("draft", j) for j in range(7)]
+            answers.append((plan, gains, policy.verify_tokens(k, "draft"),
+                            policy.expected("draft", k, 8), policy.alphas("draft")))
+        assert answers[0] == answers[1]
+        asked.add(answers[0][2])
+        n = int(rng.integers(0, k + 1))
+        tried = int(rng.integers(1, 5)) if n < k else 0
+        hit = int(rng.integers(0, tried)) if tried and rng.random() < 0.5 else None
+        for policy in (kept, fresh):
+            policy.update("draft", k, n, tried, hit)
+    assert len(asked) > 1  # the updates moved the answers
+
+
+def test_sibling_gains_for_every_k_follow_the_tree_of_that_k():
+    policy = AdaptiveK(Costs(draft_step=0.3, verify=[1.0] * 9), k_max=8)
+    policy.allow_siblings()
+    for n in (5, 2, 7, 0, 3):
+        policy.update("draft", 8, n, 3, 1 if n % 2 else None)
+    alphas, rates = policy.alphas("draft"), policy.sibling_rates("draft")
+    for k in range(1, 9):
+        chances = rejection_chances(k, alphas[:k])
+        tree = plan_tree(k, [SIBLINGS] * k, k + 1 + k * SIBLINGS, alphas[:k])
+        assert policy.sibling_gains("draft", k) == pytest.approx([chances[d - 1] * rates[r] for d, r in tree.siblings])
 
 
 def test_fixed_k_pads_verification_and_ranks_sources_by_rate_at_its_k():
