@@ -22,7 +22,7 @@ import mlx_spec  # noqa: F401  (OpenBLAS before mlx)
 import mlx.core as mx
 
 import mlx_spec.decode as current
-from mlx_spec.bench import CATEGORIES, load_prompts
+from mlx_spec.bench import prompts_by_id
 from mlx_spec.coupling import perturbed, position_noise, token_scores
 from mlx_spec.pair import load_pair
 from mlx_spec.sampling import SamplingParams, probabilities
@@ -69,7 +69,7 @@ def main():
     pairs = {"spec": load_pair("qwen2.5-coder-1.5b")}
     if args.plain:
         pairs["plain"] = load_pair("qwen2.5-coder-1.5b", draft="none", ngram=False)
-    prompts = {item["id"]: item["prompt"] for items in load_prompts(CATEGORIES).values() for item in items}
+    prompts = prompts_by_id()
     ratios: dict[tuple, list] = {}
     for pid in args.prompts.split(","):
         ids = pairs["spec"].encode(prompts[pid])

@@ -53,12 +53,12 @@ def collect(prompt_ids: list[str], out: Path) -> None:
     import mlx_spec  # noqa: F401  (OpenBLAS before mlx)
     import mlx.core as mx
 
-    from mlx_spec.bench import CATEGORIES, load_prompts
+    from mlx_spec.bench import prompts_by_id
     from mlx_spec.pair import load_pair
 
     pair = load_pair("qwen2.5-coder-1.5b")
     draft = next(p for p in pair.engine.proposers if not p.free).model
-    prompts = {item["id"]: item["prompt"] for items in load_prompts(CATEGORIES).values() for item in items}
+    prompts = prompts_by_id()
     out.mkdir(parents=True, exist_ok=True)
     for pid in prompt_ids:
         ids = pair.encode(prompts[pid])

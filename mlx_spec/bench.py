@@ -101,9 +101,10 @@ class Run:
 
 
 def load_prompts(categories=CATEGORIES, per_category: int | None = None, root: Path = PROMPTS_DIR,
-                 skip: int = 0):
+                 skip: int = 0, ids: list[str] | None = None):
     """{category: [{"id", "prompt"}, ...]} from benchmarks/prompts/<category>.json: after the
-    first `skip` of each set, `per_category` of them (all when None)."""
+    first `skip` of each set, `per_category` of them (all when None); with `ids`, those
+    prompts alone, wherever they are (categories holding none of them left out)."""
     prompts = {}
     for category in categories:
         path = Path(root) / f"{category}.json"
@@ -111,12 +112,28 @@ def load_prompts(categories=CATEGORIES, per_category: int | None = None, root: P
             items = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise SpecError(f"cannot read prompt set {path}: {e}", f"categories are {', '.join(CATEGORIES)}")
+        if ids is not None:
+            chosen = [item for item in items if item.get("id") in ids]
+            if chosen:
+                prompts[category] = chosen
+            continue
         chosen = items[skip : skip + per_category] if per_category else items[skip:]
         if not chosen:
             raise SpecError(f"no prompts left in {path} after skipping {skip} of {len(items)}",
                             "give a smaller --skip-prompts")
         prompts[category] = chosen
+    if ids is not None:
+        found = {item["id"] for items in prompts.values() for item in items}
+        unknown = [i for i in ids if i not in found]
+        if unknown:
+            raise SpecError(f"no prompt with id {', '.join(unknown)} in {', '.join(categories)}",
+                            f"the ids are the \"id\" fields of {Path(root)}/<category>.json")
     return prompts
+
+
+def prompts_by_id(categories=CATEGORIES, root: Path = PROMPTS_DIR) -> dict[str, str]:
+    """{id: prompt text} over the categories' prompt sets."""
+    return {item["id"]: item["prompt"] for items in load_prompts(categories, root=root).values() for item in items}
 
 
 class Bench:

@@ -103,6 +103,7 @@ def run(
     categories: str = typer.Option("code,math,open,edit", help="Prompt categories to run."),
     prompts_per_category: Optional[int] = typer.Option(None, min=1, help="Use the first N prompts of each category."),
     skip_prompts: int = typer.Option(0, min=0, help="Skip the first N prompts of each category (to extend an earlier run; join the two with `bench merge`)."),
+    prompt_ids: Optional[str] = typer.Option(None, "--prompt-ids", help="Run these prompts alone, by id, comma-separated (e.g. poem,quicksort: to rerun one prompt of a result), instead of --prompts-per-category / --skip-prompts."),
     prompts_dir: Optional[Path] = typer.Option(None, help="Folder of <category>.json prompt sets."),
     max_tokens: int = typer.Option(128, min=1, help="New tokens per run (same for every arm)."),
     temps: str = typer.Option("0,0.7", help="Temperatures, comma-separated."),
@@ -163,7 +164,15 @@ def run(
         target, draft = spec.target, draft or spec.draft
     if not draft:
         raise SpecError("bench needs a draft model", "give --draft REF or a --pair")
-    prompts = load_prompts(cats, prompts_per_category, prompts_dir or PROMPTS_DIR, skip=skip_prompts)
+    ids = None
+    if prompt_ids is not None:
+        ids = [i.strip() for i in prompt_ids.split(",") if i.strip()]
+        if not ids:
+            raise SpecError(f"no prompt ids given in --prompt-ids {prompt_ids!r}", "e.g. --prompt-ids poem,quicksort")
+        if prompts_per_category is not None or skip_prompts:
+            raise SpecError("--prompt-ids picks the prompts itself",
+                            "give --prompt-ids, or --prompts-per-category / --skip-prompts, not both")
+    prompts = load_prompts(cats, prompts_per_category, prompts_dir or PROMPTS_DIR, skip=skip_prompts, ids=ids)
     out = out or PROMPTS_DIR.parent / "results" / f"bench-{datetime.now():%Y%m%d-%H%M%S}.json"
     for path, option in ((out, "--out"), (plot, "--plot"), (md, "--md")):
         _check_output(path, option)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import mlx_spec
 import mlx_spec.bench as bench_module
 from mlx_spec.bench import (SCHEMA, Bench, Run, default_arms, first_round_tokens, load_prompts, merge_results, mlx_lm_rounds,
-                             read_result, run_suite, summarize, write_result)
+                             prompts_by_id, read_result, run_suite, summarize, write_result)
 from mlx_spec.bench_report import compare_markdown, plot_result, summary_markdown
 from mlx_spec.cli import app
 from mlx_spec.errors import SpecError
@@ -251,6 +251,25 @@ def test_skipping_prompts_extends_an_earlier_run_over_the_next_ones(tmp_path):
     assert ids(load_prompts(["code"], None, tmp_path, skip=4)) == ["p5", "p6"]
     with pytest.raises(SpecError, match="no prompts left .* after skipping 6 of 6"):
         load_prompts(["code"], 2, tmp_path, skip=6)
+
+
+def test_prompts_picked_by_id_come_from_any_category(tmp_path):
+    (tmp_path / "code.json").write_text(json.dumps([{"id": "sort", "prompt": "a"}, {"id": "fib", "prompt": "b"}]))
+    (tmp_path / "open.json").write_text(json.dumps([{"id": "poem", "prompt": "c"}, {"id": "story", "prompt": "d"}]))
+    (tmp_path / "math.json").write_text(json.dumps([{"id": "sum", "prompt": "e"}]))
+    picked = load_prompts(["code", "math", "open"], root=tmp_path, ids=["poem", "fib"])
+    assert {c: [p["id"] for p in items] for c, items in picked.items()} == {"code": ["fib"], "open": ["poem"]}
+    assert prompts_by_id(["code", "open"], tmp_path) == {"sort": "a", "fib": "b", "poem": "c", "story": "d"}
+    with pytest.raises(SpecError, match="no prompt with id sonnet"):
+        load_prompts(["code", "open"], root=tmp_path, ids=["poem", "sonnet"])
+
+
+def test_bench_cli_prompt_ids_checked_before_any_model_loads():
+    unknown = CliRunner().invoke(app, ["bench", "--prompt-ids", "sonnet", "--target", "x", "--draft", "y"])
+    assert unknown.exit_code == 1 and "no prompt with id sonnet" in unknown.output
+    both = CliRunner().invoke(app, ["bench", "--prompt-ids", "poem", "--skip-prompts", "2", "--target", "x", "--draft", "y"])
+    assert both.exit_code == 1 and "not both" in both.output
+    assert "Traceback" not in unknown.output + both.output
 
 
 def test_bench_cli_runs_and_compare_prints_a_table(stories_path, tmp_path):
