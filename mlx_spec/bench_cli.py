@@ -24,13 +24,17 @@ bench_app = typer.Typer(
 MD_HELP = "Also write the summary as markdown (tables of arms, costs and sources)."
 
 
-def _report(result: dict, md: Optional[Path], plot: Optional[Path]) -> None:
-    """Print a result's tables; write its markdown summary and plot where asked."""
-    from mlx_spec.bench_report import plot_result, print_summary, summary_markdown
+def _report(result: dict, md: Optional[Path], plot: Optional[Path], prompts: bool = False) -> None:
+    """Print a result's tables (with `prompts`, one row per prompt too); write its markdown
+    summary and plot where asked."""
+    from mlx_spec.bench_report import plot_result, print_prompts, print_summary, prompts_markdown, summary_markdown
 
     print_summary(result)
+    if prompts:
+        print_prompts(result)
     if md:
-        _write_text(md, summary_markdown(result).rstrip("\n") + "\n")
+        text = summary_markdown(result).rstrip("\n") + "\n"
+        _write_text(md, text + ("\n" + prompts_markdown(result) if prompts else ""))
         typer.echo(f"markdown written to {md}", err=True)
     if plot:
         typer.echo(f"plot written to {plot_result(result, plot)}", err=True)
@@ -268,13 +272,14 @@ def show(
     result: Path = typer.Argument(..., help="A result file written by `mlx-spec bench`."),
     md: Optional[Path] = typer.Option(None, help=MD_HELP),
     plot: Optional[Path] = typer.Option(None, help="Also write a PNG of speed-ups per category."),
+    prompts: bool = typer.Option(False, "--prompts", help="Add a table with one row per prompt: every arm's speed-up and τ (to the terminal and --md)."),
 ):
     """Print a recorded result's tables again (summary, costs, where the tokens came from).
 
-    Example: mlx-spec bench show benchmarks/results/qwen2.5-coder-1.5b-cpu.json --md result.md
+    Example: mlx-spec bench show benchmarks/results/qwen2.5-coder-1.5b-cpu.json --prompts --md result.md
     """
     from mlx_spec.bench import read_result
 
     for path, option in ((plot, "--plot"), (md, "--md")):
         _check_output(path, option)
-    _report(read_result(result), md, plot)
+    _report(read_result(result), md, plot, prompts)

@@ -4,8 +4,10 @@ plots, for one result or several side by side (an M3 Pro against an M4)."""
 from __future__ import annotations
 
 import os
+import statistics
 from pathlib import Path
 
+from mlx_spec.bench import CATEGORIES
 from mlx_spec.errors import SpecError
 from mlx_spec.policy import CEILING_ALPHAS, Costs
 
@@ -107,6 +109,51 @@ def source_rows(result: dict) -> list[list[str]]:
             proposed, accepted = tails[key]
             rows.append([temperature, category, arm, "free tail", "—", "—", f"{accepted / proposed:.0%}", str(proposed)])
     return rows
+
+
+PROMPTS_LEAD = ("Per prompt: each arm's speed-up over the baseline (median over repeats) and, for a "
+                "speculative arm, its tokens per round (τ); tokens: the baseline's reply length")
+
+
+def prompt_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): one row per temperature, category and prompt, in the order they ran,
+    with the baseline's reply length and every other arm's speed-up (and τ where it drafts)."""
+    baseline = result["settings"]["baseline"]
+    arms = [a["name"] for a in result["settings"]["arms"] if a["name"] != baseline]
+    cells: dict[tuple, dict[str, list[dict]]] = {}
+    for run in result["runs"]:
+        key = (str(run["temperature"]), run["category"], run["prompt"])
+        cells.setdefault(key, {}).setdefault(run["arm"], []).append(run)
+    order = {c: i for i, c in enumerate(CATEGORIES)}
+    keys = sorted(cells, key=lambda k: (float(k[0]), order.get(k[1], len(order))))  # stable: run order within
+    rows = []
+    for temperature, category, prompt in keys:
+        by_arm = cells[temperature, category, prompt]
+        base = by_arm.get(baseline) or [{}]
+        row = [temperature, category, prompt, _fmt(base[0].get("tokens"), "d")]
+        for arm in arms:
+            runs = by_arm.get(arm)
+            if not runs:
+                row.append("—")
+                continue
+            speedup = statistics.median([r["speedup"] for r in runs if r.get("speedup") is not None] or [None])
+            taus = [(r.get("stats") or {}).get("tau") for r in runs if r.get("kind") != "plain"]
+            tau = statistics.median(taus) if taus and None not in taus else None
+            row.append(_fmt(speedup, ".2f", "×") + (f" (τ {tau:.1f})" if tau is not None and tau != 1.0 else ""))
+        rows.append(row)
+    return ["temp", "category", "prompt", "tokens", *arms], rows
+
+
+def prompts_markdown(result: dict) -> str:
+    header, rows = prompt_rows(result)
+    return f"{PROMPTS_LEAD}:\n\n" + markdown_table(header, rows) + "\n"
+
+
+def print_prompts(result: dict, console=None) -> None:
+    """The terminal form of `prompts_markdown`."""
+    header, rows = prompt_rows(result)
+    (console or table_console()).print(_rich_table("per prompt: speed-up over the baseline (τ)", header, rows,
+                                                   left=("temp", "category", "prompt")))
 
 
 def sources_markdown(result: dict) -> str:

@@ -14,7 +14,7 @@ import mlx_spec
 import mlx_spec.bench as bench_module
 from mlx_spec.bench import (SCHEMA, Bench, Run, default_arms, first_round_tokens, load_prompts, merge_results, mlx_lm_rounds,
                              prompts_by_id, read_result, run_suite, summarize, write_result)
-from mlx_spec.bench_report import compare_markdown, plot_result, summary_markdown
+from mlx_spec.bench_report import compare_markdown, plot_result, prompt_rows, prompts_markdown, summary_markdown
 from mlx_spec.cli import app
 from mlx_spec.errors import SpecError
 
@@ -296,6 +296,25 @@ def test_bench_show_prints_a_recorded_result_whole_and_writes_its_markdown(resul
     assert "mlx-spec adaptive" in shown.output and "mlx-lm k=3" in shown.output and "…" not in shown.output
     assert "where the mlx-spec arms' tokens came from" in shown.output
     assert md.read_text() == summary_markdown(result).rstrip("\n") + "\n"
+
+
+def test_bench_show_prompts_gives_every_prompt_a_row_of_its_arms(result, tmp_path):
+    path, md = tmp_path / "r.json", tmp_path / "r.md"
+    write_result(result, path)
+    shown = CliRunner().invoke(app, ["bench", "show", str(path), "--prompts", "--md", str(md)])
+    assert shown.exit_code == 0, shown.output
+    header, rows = prompt_rows(result)
+    assert header == ["temp", "category", "prompt", "tokens", "mlx-spec adaptive", "mlx-spec k=3", "mlx-lm k=3"]
+    prompts = [p["id"] for items in PROMPTS.values() for p in items]
+    assert [(r[0], r[2]) for r in rows] == [(t, p) for t in ("0.0", "0.7") for p in prompts]
+    for row in rows:
+        runs = {r["arm"]: r for r in result["runs"]
+                if str(r["temperature"]) == row[0] and r["prompt"] == row[2]}
+        assert row[3] == str(runs["plain"]["tokens"])
+        fixed = runs["mlx-spec k=3"]
+        assert row[5] == f"{fixed['speedup']:.2f}× (τ {fixed['stats']['tau']:.1f})"
+    assert rows[0][2] in shown.output and "per prompt" in shown.output
+    assert md.read_text().endswith(prompts_markdown(result))
 
 
 def test_bench_show_refuses_a_missing_file_in_one_line(tmp_path):
