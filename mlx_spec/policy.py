@@ -418,7 +418,8 @@ class AdaptiveK:
             rows = self._known("sibling rows", key,
                                lambda: self._sibling_rows(source, self.k_max, self.alphas(source)))
             return self._known(f"sibling gains {k}", key, lambda: [g for d, g in rows if d <= k])
-        sure = list(confidences[:k]) + list(self.alphas(source)[len(confidences or ()):k])
+        confidences = list(confidences or ())[:k]
+        sure = confidences + list(self.alphas(source)[len(confidences):k])
         return [gain for _, gain in self._sibling_rows(source, k, sure)]
 
     def _sibling_rows(self, source: str, k: int, sure) -> list[tuple[int, float]]:

@@ -262,6 +262,9 @@ def test_sibling_gains_for_every_k_follow_the_tree_of_that_k():
         chances = rejection_chances(k, alphas[:k])
         tree = plan_tree(k, [SIBLINGS] * k, k + 1 + k * SIBLINGS, alphas[:k])
         assert policy.sibling_gains("draft", k) == pytest.approx([chances[d - 1] * rates[r] for d, r in tree.siblings])
+    # past k_max (a caller's longer chain) the positions not tracked are unread
+    chances, tree = rejection_chances(10, alphas), plan_tree(10, [SIBLINGS] * 10, 11 + 10 * SIBLINGS, alphas)
+    assert policy.sibling_gains("draft", 10) == pytest.approx([chances[d - 1] * rates[r] for d, r in tree.siblings])
 
 
 def test_fixed_k_pads_verification_and_ranks_sources_by_rate_at_its_k():
