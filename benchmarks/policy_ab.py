@@ -32,6 +32,8 @@ by rejection sampling, B drafter-invariantly (mlx_spec.coupling): different text
 modeled speed-ups and τ over several seeds. Otherwise every arm, plain included, samples
 drafter-invariantly (the default), so at temperature > 0 too both arms decode the same text at
 a seed (checked) and their modeled speed-ups compare as greedy ones do.
+--trace DIR writes each arm's rounds to DIR/<prompt>-s<seed>-<A|B>.jsonl (as `mlx-spec generate
+--trace`: source, k, accepted, verified, draft forwards, price in plain steps).
 Example: python3 benchmarks/policy_ab.py 0.7 open story,poem 7,8 --plain --uncapped
 Needs the pair: mlx-spec models pull qwen2.5-coder-1.5b.
 """
@@ -40,6 +42,7 @@ import importlib.util
 import inspect
 import json
 import sys
+from pathlib import Path
 
 from mlx_spec.bench import Arm, Bench, load_prompts
 from mlx_spec.loading import load_model
@@ -47,6 +50,7 @@ from mlx_spec.policy import AdaptiveK, FixedK, calibrate
 from mlx_spec.proposers import DraftModelProposer, NgramProposer
 from mlx_spec.registry import load_registry
 from mlx_spec.round_costs import scaled
+from mlx_spec.trace import trace_records, write_trace
 
 
 def load_reference(path: str, name: str):
@@ -168,12 +172,21 @@ def main(argv: list[str]) -> None:
         for proposer in engine.proposers:  # the same state, the other version's methods
             if isinstance(proposer, DraftModelProposer):
                 proposer.__class__ = module.DraftModelProposer
+    trace_dir = Path(options[options.index("--trace") + 1]) if "--trace" in options else None
+    if trace_dir is not None:
+        trace_dir.mkdir(parents=True, exist_ok=True)
+    arms_by_name = {arm.name: arm for arm in arms}
     items = [p for p in load_prompts((category,), None)[category] if p["id"] in wanted]
     for arm in arms:  # warm-up
         bench.run(arm, bench.encode(items[0]["prompt"]), 0.0, 0, max_tokens=8)
     for n, (item, seed) in enumerate((item, seed) for item in items for seed in seeds):
         ids = bench.encode(item["prompt"])
-        runs = {arm.name: bench.run(arm, ids, temp, seed) for arm in (arms if n % 2 == 0 else arms[::-1])}
+        runs = {arm.name: bench.run(arm, ids, temp, seed, trace=trace_dir is not None)
+                for arm in (arms if n % 2 == 0 else arms[::-1])}
+        for name in runs.keys() & {"A", "B"} if trace_dir is not None else ():
+            pair = bench.pairs[name]
+            write_trace(trace_records(pair.last_stats, pair.tokenizer, bench.costs(arms_by_name[name])),
+                        trace_dir / f"{item['id']}-s{seed}-{name}.jsonl")
         base = runs["plain"].tps if "plain" in runs else 1.0
         if same:  # one text per prompt and seed: the arms' modeled speed-ups compare exactly
             assert runs["A"].tokens == runs["B"].tokens, f"{item['id']} seed {seed}: the arms' texts differ"

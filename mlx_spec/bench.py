@@ -164,7 +164,9 @@ class Bench:
         self.encode = any_pair.encode
 
     def run(self, arm: Arm, ids: list[int], temperature: float, seed: int,
-            max_tokens: int | None = None) -> Run:
+            max_tokens: int | None = None, trace: bool = False) -> Run:
+        """One arm on one prompt (`trace`: an mlx-spec arm keeps a record of every round in
+        its pair's `last_stats.trace`)."""
         max_tokens = max_tokens or self.max_tokens
         if arm.kind == "mlx-lm":
             return self._run_mlx_lm(arm, ids, temperature, seed, max_tokens)
@@ -173,7 +175,7 @@ class Bench:
         tic = time.perf_counter()
         tokens, first_round = [], None
         for step in pair.stream(ids, max_tokens=max_tokens, temperature=temperature, seed=seed,
-                                quick_start=arm.quick_start, invariant=arm.invariant):
+                                quick_start=arm.quick_start, invariant=arm.invariant, trace=trace):
             tokens += step.tokens
             first_round = first_round or (time.perf_counter() - tic, len(step.tokens))
         seconds = time.perf_counter() - tic
