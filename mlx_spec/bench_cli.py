@@ -91,8 +91,13 @@ def _floats(text: str) -> tuple[float, ...]:
         raise SpecError(f"bad list of numbers {text!r}", "write them comma-separated, e.g. 0,0.7")
 
 
+def _names(text: str) -> list[str]:
+    """The non-empty items of a comma-separated option, stripped."""
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def _positive_ints(text: str, option: str, example: str) -> tuple[int, ...]:
-    items = [x.strip() for x in text.split(",") if x.strip()]
+    items = _names(text)
     if not all(x.isdigit() and int(x) > 0 for x in items):
         raise SpecError(f"{option} takes positive whole numbers, got {text!r}", f"e.g. {option} {example}")
     return tuple(int(x) for x in items)
@@ -143,7 +148,7 @@ def run(
     console = Console(stderr=True)
     # everything a user can get wrong is refused here, before minutes of loading and measuring
     # that a late error would throw away
-    cats = [c.strip() for c in categories.split(",") if c.strip()]
+    cats = _names(categories)
     if not cats:
         raise SpecError(f"no categories given in --categories {categories!r}", f"choose from {', '.join(CATEGORIES)}")
     unknown = [c for c in cats if c not in CATEGORIES]
@@ -170,7 +175,7 @@ def run(
         raise SpecError("bench needs a draft model", "give --draft REF or a --pair")
     ids = None
     if prompt_ids is not None:
-        ids = [i.strip() for i in prompt_ids.split(",") if i.strip()]
+        ids = _names(prompt_ids)
         if not ids:
             raise SpecError(f"no prompt ids given in --prompt-ids {prompt_ids!r}", "e.g. --prompt-ids poem,quicksort")
         if prompts_per_category is not None or skip_prompts:

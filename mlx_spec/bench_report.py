@@ -4,10 +4,9 @@ plots, for one result or several side by side (an M3 Pro against an M4)."""
 from __future__ import annotations
 
 import os
-import statistics
 from pathlib import Path
 
-from mlx_spec.bench import CATEGORIES
+from mlx_spec.bench import CATEGORIES, _median
 from mlx_spec.errors import SpecError
 from mlx_spec.policy import CEILING_ALPHAS, Costs
 
@@ -116,8 +115,9 @@ PROMPTS_LEAD = ("Per prompt: each arm's speed-up over the baseline (median over 
 
 
 def prompt_rows(result: dict) -> tuple[list[str], list[list[str]]]:
-    """(header, rows): one row per temperature, category and prompt, in the order they ran,
-    with the baseline's reply length and every other arm's speed-up (and τ where it drafts)."""
+    """(header, rows): one row per temperature, category and prompt (by temperature and
+    category, in the order they ran within), with the baseline's reply length and every other
+    arm's speed-up (and τ where it drafts)."""
     baseline = result["settings"]["baseline"]
     arms = [a["name"] for a in result["settings"]["arms"] if a["name"] != baseline]
     cells: dict[tuple, dict[str, list[dict]]] = {}
@@ -136,9 +136,8 @@ def prompt_rows(result: dict) -> tuple[list[str], list[list[str]]]:
             if not runs:
                 row.append("—")
                 continue
-            speedup = statistics.median([r["speedup"] for r in runs if r.get("speedup") is not None] or [None])
-            taus = [(r.get("stats") or {}).get("tau") for r in runs if r.get("kind") != "plain"]
-            tau = statistics.median(taus) if taus and None not in taus else None
+            speedup = _median([r.get("speedup") for r in runs])
+            tau = _median([(r.get("stats") or {}).get("tau") for r in runs if r.get("kind") != "plain"])
             row.append(_fmt(speedup, ".2f", "×") + (f" (τ {tau:.1f})" if tau is not None and tau != 1.0 else ""))
         rows.append(row)
     return ["temp", "category", "prompt", "tokens", *arms], rows

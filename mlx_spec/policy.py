@@ -417,7 +417,7 @@ class AdaptiveK:
             key = self._key(source)
             rows = self._known("sibling rows", key,
                                lambda: self._sibling_rows(source, self.k_max, self.alphas(source)))
-            return self._known(f"sibling gains {k}", key, lambda: [g for d, g in rows if d <= k])
+            return [g for d, g in rows if d <= k]
         confidences = list(confidences or ())[:k]
         sure = confidences + list(self.alphas(source)[len(confidences):k])
         return [gain for _, gain in self._sibling_rows(source, k, sure)]
