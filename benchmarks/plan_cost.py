@@ -17,10 +17,9 @@ import random
 import statistics
 import time
 
-from policy_ab import load_reference
+from policy_ab import reference_policy
 
-from mlx_spec import policy as current
-from mlx_spec.policy import Costs, _cached_costs, _calibration_table
+from mlx_spec.policy import AdaptiveK, Costs, _cached_costs, _calibration_table
 
 HOST_H = Costs(draft_step=0.35, verify=[1.0, 1.29] + [1.29] * 3 + [1.36] * 2 + [1.38] * 4 + [1.48] * 5,
                verify_tokens=[1, 4, 4, 4, 6, 6, 8, 8, 12, 16, 16, 16, 16, 16, 16, 16],
@@ -32,12 +31,11 @@ def cached_or_host_h() -> Costs:
     return cached[0] if cached else HOST_H
 
 
-def per_round_ms(module, costs, rounds: int, seed: int) -> float:
-    """Median milliseconds of plan + verify_tokens over `rounds` rounds of made-up outcomes."""
+def per_round_ms(make_policy, rounds: int, seed: int) -> float:
+    """Median milliseconds of plan + verify_tokens over `rounds` rounds of made-up outcomes,
+    on a fresh policy from `make_policy()`."""
     rng = random.Random(seed)
-    policy = module.AdaptiveK(module.Costs(**{f: getattr(costs, f) for f in
-                                              ("draft_step", "verify", "verify_tokens", "draft_batch", "ladder")}),
-                              k_max=15)
+    policy = make_policy()
     policy.allow_siblings()
     times = []
     for _ in range(rounds):
@@ -60,13 +58,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     costs = cached_or_host_h()
-    arms = {"B (current)": current}
-    if args.reference:
-        arms = {"A (reference)": load_reference(args.reference, "policy_reference"), **arms}
+    arms = {"B (current)": lambda: AdaptiveK(costs, k_max=15)}
+    if args.reference:  # policy_ab's adapters let an older policy.py answer the current calls
+        arms = {"A (reference)": lambda: reference_policy(args.reference, AdaptiveK(costs, k_max=15)), **arms}
     medians = {name: [] for name in arms}
     for repeat in range(args.repeats):
-        for name, module in arms.items():
-            medians[name].append(per_round_ms(module, costs, args.rounds, seed=repeat))
+        for name, make_policy in arms.items():
+            medians[name].append(per_round_ms(make_policy, args.rounds, seed=repeat))
     result = {name: statistics.median(ms) for name, ms in medians.items()}
     for name, ms in result.items():
         print(f"{name}: {ms:.3f} ms a round (plan + verify_tokens), median of {args.repeats} repeats")
