@@ -400,7 +400,8 @@ class Engine:
             self.policy.settle(len(committed), size, forwards, t2 - t0)
             stats.draft_price = getattr(self.policy, "draft_price", None)
             stats.record_round(proposal.source if proposal else None, k, n_accepted, len(committed),
-                               forwards, size, committed, (t1 - t0, t2 - t1), regime)
+                               forwards, size, committed, (t1 - t0, t2 - t1), regime,
+                               proposed=drafts, sibling_hit=from_tree)
             stats.sibling_hits += from_tree
             if proposal is not None and proposal.tail:
                 stats.tail_proposed += proposal.tail

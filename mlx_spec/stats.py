@@ -48,19 +48,23 @@ class Stats:
     def record_round(self, source: str | None, k: int, n: int, emitted: int,
                      forwards: tuple[int, ...] = (), verified: int | None = None,
                      tokens: list[int] | None = None, seconds: tuple[float, float] | None = None,
-                     regime: str | None = None) -> None:
+                     regime: str | None = None, proposed: list[int] | None = None,
+                     sibling_hit: bool = False) -> None:
         """One round: its proposal's source, k drafted, n accepted, tokens emitted, the
         token counts of the draft forwards that made the proposal, and the tokens the
         verification fed (padding and siblings included; None: k + 1). When tracing, the
-        round's record also keeps the `tokens` it emitted, `seconds` (proposing, verifying)
-        and the `regime` of the text it continued (prose, or code inside a fenced block)."""
+        round's record also keeps the `tokens` it emitted, `seconds` (proposing, verifying),
+        the `regime` of the text it continued (prose, or code inside a fenced block), the
+        `proposed` tokens the round verified (its k, a free tail included: where they part
+        from `tokens` is where the target disagreed) and whether a `sibling_hit`, a runner-up
+        verified beside the chain, was the target's token there."""
         if self.trace is not None:
             self.trace.append({
                 "source": source or "none", "k": k, "accepted": n, "emitted": emitted,
                 "tokens": list(tokens or ()), "draft_forwards": list(forwards),
                 "verified": k + 1 if verified is None else verified,
                 "propose_s": seconds[0] if seconds else None, "verify_s": seconds[1] if seconds else None,
-                "regime": regime,
+                "regime": regime, "proposed": list(proposed or ()), "sibling_hit": sibling_hit,
             })
         self.rounds += 1
         self.draft_forwards.update(forwards)

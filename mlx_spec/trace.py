@@ -17,7 +17,9 @@ def trace_records(stats, tokenizer, costs: Costs | None = None) -> list[dict]:
     """The rounds of `stats.trace`, numbered, each with the text it emitted and, given the
     calibrated costs, its price in plain decoding steps ("steps"; None without costs). A
     round's text is what it added to the decoded reply (a token decoded alone can lose its
-    leading space), or its tokens decoded alone where a character spans two rounds."""
+    leading space), or its tokens decoded alone where a character spans two rounds; and
+    "rejected", the proposed tokens the target did not accept, decoded (what the proposer
+    guessed where the target went another way; empty where it accepted them all)."""
     records, tokens, before = [], [], ""
     for i, record in enumerate(stats.trace or ()):
         tokens += record["tokens"]
@@ -25,7 +27,8 @@ def trace_records(stats, tokenizer, costs: Costs | None = None) -> list[dict]:
         text = after[len(before):] if after.startswith(before) else tokenizer.decode(record["tokens"])
         before = after
         steps = costs.round_steps(record["verified"], record["draft_forwards"]) if costs else None
-        records.append({"round": i, **record, "text": text, "steps": steps})
+        rejected = tokenizer.decode(record.get("proposed", [])[record["accepted"]:])
+        records.append({"round": i, **record, "text": text, "rejected": rejected, "steps": steps})
     return records
 
 

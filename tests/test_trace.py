@@ -39,6 +39,23 @@ def test_a_traced_generation_has_one_record_per_round_that_adds_up(self_drafting
             assert len(r["draft_forwards"]) == r["k"]
 
 
+def test_each_record_keeps_what_was_proposed_and_where_the_target_parted_from_it(stories_path):
+    pair = load_pair(str(stories_path), draft="ngram", k=3)  # its guesses land, in part or whole
+    pair.generate("Lily had a red ball. Lily had a red ball. Lily had a", chat=False, max_tokens=60, trace=True)
+    records = trace_records(pair.last_stats, pair.tokenizer, None)
+    assert any(0 < r["k"] and r["accepted"] < r["k"] for r in records)
+    assert any(0 < r["k"] == r["accepted"] for r in records)
+    for i, r in enumerate(records):
+        proposed, accepted, tokens = r["proposed"], r["accepted"], r["tokens"]
+        assert len(proposed) == r["k"] and tokens[:accepted] == proposed[:accepted]
+        if accepted < r["k"] and len(tokens) > accepted:  # the target's own token where it disagreed
+            assert tokens[accepted] != proposed[accepted]
+        assert r["rejected"] == pair.tokenizer.decode(proposed[accepted:])
+        assert (r["rejected"] == "") == (accepted == r["k"])
+        if i < len(records) - 1:  # the last round may be cut by max_tokens
+            assert len(tokens) == accepted + 1 + r["sibling_hit"]
+
+
 def test_without_trace_no_records_are_kept(self_drafting):
     self_drafting.reset()
     self_drafting.generate(PROMPT, chat=False, max_tokens=8)
