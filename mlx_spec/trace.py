@@ -27,7 +27,7 @@ def trace_records(stats, tokenizer, costs: Costs | None = None) -> list[dict]:
         text = after[len(before):] if after.startswith(before) else tokenizer.decode(record["tokens"])
         before = after
         steps = costs.round_steps(record["verified"], record["draft_forwards"]) if costs else None
-        rejected = tokenizer.decode(record.get("proposed", [])[record["accepted"]:])
+        rejected = tokenizer.decode(record["proposed"][record["accepted"]:])
         records.append({"round": i, **record, "text": text, "rejected": rejected, "steps": steps})
     return records
 
