@@ -214,6 +214,8 @@ class Engine:
         if proposal is None or self.guesser is None or worth is None or not worth():
             return proposal, size
         drafted = proposal.host if proposal.host is not None else proposal.tokens.tolist()
+        if drafted[-1] in self.guesser.ends:  # the proposal ends the reply: nothing follows
+            return proposal, size
         tail, n = self.guesser.continuation_match(self.context, drafted, k_limit - proposal.k)
         key = f"{self.guesser.name}:{n}"
         if not tail or not worth(key):
@@ -315,7 +317,9 @@ class Engine:
         rng = np.random.default_rng(sampling.seed)
         if sampling.invariant and not sampling.greedy and sampling.seed is None:
             sampling = replace(sampling, seed=int(rng.integers(2**63)))  # the noise needs one
-        eos = set(self.tokenizer.eos_token_ids)
+        eos = frozenset(self.tokenizer.eos_token_ids)
+        for proposer in self.proposers:  # nothing after a reply's end is worth proposing
+            proposer.ends = eos
         stop_text = StopText(stop_strings)
 
         tic = called = time.perf_counter()

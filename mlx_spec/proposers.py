@@ -80,6 +80,9 @@ class Proposal:
 class Proposer(Protocol):
     name: str
     free: bool  # proposing costs (next to) nothing: it is asked every round, up to k_max tokens
+    # tokens that end a reply (the engine sets them): nothing after one could be emitted, so a
+    # proposer that reads its tokens proposes none past it
+    ends: frozenset[int]
 
     def prefill(self, context: list[int]) -> None:
         """Get ready to propose after `context` (called before rounds start; may sync)."""
@@ -95,6 +98,12 @@ class Proposer(Protocol):
     def observe(self, proposal: Proposal | None, n_accepted: int, committed: list[int]) -> None:
         """A round ended: `committed` tokens were appended to the context; the first
         `n_accepted` of them were the proposal's own tokens."""
+
+
+def through_end(tokens: list[int], ends: frozenset[int]) -> list[int]:
+    """`tokens` up to and with the first one that ends the reply."""
+    end = next((i for i, token in enumerate(tokens) if token in ends), None)
+    return tokens if end is None else tokens[: end + 1]
 
 
 def cache_length(cache: list) -> int:
@@ -186,6 +195,7 @@ class DraftModelProposer:
     name = "draft"
     free = False
     stops_early = True  # propose() takes stop_below: the chain may end before k
+    ends: frozenset[int] = frozenset()
 
     def __init__(self, model, target_vocab: int, head=None):
         self.model = model
@@ -277,7 +287,8 @@ class DraftModelProposer:
         draft's confidences so far (its probability of each token it drew) falls below
         `stop_below`. That reads each token on the host, so the chain can also jump: where the
         text so far (context + drafted tokens) repeats earlier text, `guess` names what followed
-        there, and one draft forward over that guess checks it (`_jump`). The stop and the
+        there, and one draft forward over that guess checks it (`_jump`). A chain read on
+        the host also ends after a token that ends the reply (`ends`). The stops and the
         jumps depend only on the draft, never on the target, so the round stays lossless."""
         pending = context[len(self.seen) :]
         self.forwards = []
@@ -303,7 +314,8 @@ class DraftModelProposer:
                     break
                 if stop_below > 0:
                     mx.eval(token, confident)
-                    if chain.read(token.item(), confident.item()) < stop_below:
+                    value = token.item()
+                    if chain.read(value, confident.item()) < stop_below or value in self.ends:
                         break
             if history is not None:
                 history = mx.concatenate([history, token])
@@ -344,7 +356,7 @@ class DraftModelProposer:
         stopped = False
         for j, (value, (d, q, runners, _)) in enumerate(zip(values, drawn)):
             chain.add(d, q, runners)
-            if chain.read(value, confidences[j]) < stop_below:
+            if chain.read(value, confidences[j]) < stop_below or value in self.ends:
                 stopped = True
                 break
             if j == len(path) or value != path[j]:
@@ -385,6 +397,7 @@ class NgramProposer:
 
     name = "ngram"
     free = True
+    ends: frozenset[int] = frozenset()
 
     def __init__(self, max_n: int = 4, min_n: int = 2, renames: int = 2, follow: bool = True):
         if not 1 <= min_n <= max_n:
@@ -469,7 +482,8 @@ class NgramProposer:
 
     def _copy(self, context: list[int], start: int, k: int) -> list[int]:
         found = context[start : start + k]
-        return [self.renamed.get(t, t) for t in found] if self.renamed else found
+        found = [self.renamed.get(t, t) for t in found] if self.renamed else found
+        return through_end(found, self.ends)
 
     def match(self, context: list[int], k: int) -> tuple[list[int], int]:
         """(up to k tokens that followed the longest matching suffix, that suffix's length)."""
