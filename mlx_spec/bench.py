@@ -314,11 +314,16 @@ def _measure(bench: Bench, prompts: dict, temperatures, repeats: int,
                     records += whole  # one step: Ctrl-C cannot leave half a comparison
 
 
+def greedy_mismatches(records: list[dict]) -> list[str]:
+    """The runs whose text was not plain decoding's, where it must be: greedy runs, and
+    drafter-invariant sampled ones, token for token."""
+    return [f"{r['category']}/{r['prompt']} {r['arm']}" for r in records
+            if (r["temperature"] == 0 or r.get("invariant")) and not r["identical"]]
+
+
 def _document(bench: Bench, records: list[dict], temperatures, repeats: int, stamp: dict,
               interrupted: bool = False) -> dict:
-    # greedy runs, and drafter-invariant sampled ones, must be plain's text token for token
-    mismatches = [f"{r['category']}/{r['prompt']} {r['arm']}" for r in records
-                  if (r["temperature"] == 0 or r.get("invariant")) and not r["identical"]]
+    mismatches = greedy_mismatches(records)
     if interrupted:  # the settings describe the runs held, so that `bench merge` counts parts right
         temperatures = [t for t in temperatures if any(r["temperature"] == t for r in records)]
     return {
@@ -387,11 +392,15 @@ def summarize(records: list[dict], arm_names: list[str]) -> dict:
     return summary
 
 
-def merge_results(results: list[dict]) -> dict:
+def merge_results(results: list[dict], replace: bool = False) -> dict:
     """One result from runs of the same models on the same machine in separate commands: the
     greedy and the temperature-0.7 halves of the suite, or one suite run over some prompts and
     later over others (`--skip-prompts`, `--prompts-dir`). Runs side by side, summary recomputed, each part's
-    temperatures, prompts, arms, date and commit kept. No run may appear in two parts."""
+    temperatures, prompts, arms, date and commit kept. No run may appear in two parts, unless
+    `replace`: then a prompt run again at a temperature by a later result replaces every arm
+    of its earlier runs there (a re-measure after a change to the code)."""
+    if replace:
+        results = _without_superseded(results)
     first = results[0]
     for other in results[1:]:
         if other["machine"].get("chip") != first["machine"].get("chip") or \
@@ -414,10 +423,7 @@ def merge_results(results: list[dict]) -> dict:
     for r in results:
         for arm in r["settings"]["arms"]:
             arms.setdefault(arm["name"], arm)
-    parts = [part for r in results for part in r["settings"].get("parts") or [{
-        "temperatures": r["settings"]["temperatures"], "arms": [a["name"] for a in r["settings"]["arms"]],
-        "prompts": list(dict.fromkeys(run["prompt"] for run in r["runs"])),
-        "created": r["created"], "mlx_spec": r["settings"].get("mlx_spec")}]]
+    parts = [part for r in results for part in _parts(r)]
     runs = [run for r in results for run in r["runs"]]
     stamps = [part.get("mlx_spec") for part in parts]
     return {
@@ -428,10 +434,34 @@ def merge_results(results: list[dict]) -> dict:
                      "mlx_spec": stamps[0] if all(s == stamps[0] for s in stamps) else None},
         "calibration": next((r["calibration"] for r in results if r.get("calibration")), None),
         "runs": runs,
-        "greedy_mismatches": [m for r in results for m in r["greedy_mismatches"]],
+        "greedy_mismatches": greedy_mismatches(runs),
         "summary": summarize(runs, list(arms)),
         **({"interrupted": True} if any(r.get("interrupted") for r in results) else {}),
     }
+
+
+def _parts(result: dict) -> list[dict]:
+    """What a result ran: its parts if it was merged, else one part of its own."""
+    return result["settings"].get("parts") or [{
+        "temperatures": result["settings"]["temperatures"], "arms": [a["name"] for a in result["settings"]["arms"]],
+        "prompts": list(dict.fromkeys(run["prompt"] for run in result["runs"])),
+        "created": result["created"], "mlx_spec": result["settings"].get("mlx_spec")}]
+
+
+def _without_superseded(results: list[dict]) -> list[dict]:
+    """Each result less its runs of a (temperature, prompt) that a later result ran again; a
+    part keeps a prompt while any of its temperatures still holds that prompt's runs."""
+    later: set[tuple] = set()
+    kept = []
+    for r in reversed(results):
+        runs = [run for run in r["runs"] if (run["temperature"], run["prompt"]) not in later]
+        parts = [{**part, "prompts": [p for p in part["prompts"]
+                                      if any((t, p) not in later for t in part["temperatures"])]}
+                 for part in _parts(r)]
+        later |= {(run["temperature"], run["prompt"]) for run in r["runs"]}
+        if runs:
+            kept.append({**r, "runs": runs, "settings": {**r["settings"], "parts": [p for p in parts if p["prompts"]]}})
+    return kept[::-1]
 
 
 def write_result(result: dict, path: Path) -> Path:

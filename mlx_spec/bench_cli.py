@@ -257,6 +257,7 @@ def merge(
     out: Path = typer.Option(..., help="Write the merged result here."),
     plot: Optional[Path] = typer.Option(None, help="Also write a PNG of speed-ups per category."),
     md: Optional[Path] = typer.Option(None, help=MD_HELP),
+    replace: bool = typer.Option(False, "--replace", help="A prompt a later file ran again at a temperature replaces its runs in the earlier files (a re-measure after a change), instead of being refused."),
 ):
     """One result from the parts of a suite run as separate commands (same machine and models):
     the greedy and the sampled halves, or the same suite over some prompts and then others.
@@ -267,7 +268,7 @@ def merge(
 
     for path, option in ((out, "--out"), (plot, "--plot"), (md, "--md")):
         _check_output(path, option)
-    merged = merge_results([read_result(p) for p in results])
+    merged = merge_results([read_result(p) for p in results], replace=replace)
     write_result(merged, out)
     _report(merged, md, plot)
 

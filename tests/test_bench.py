@@ -431,6 +431,33 @@ def test_a_suite_run_over_some_prompts_and_then_others_merges_into_the_whole(res
     assert f"(commit bbbbbbb) at T=0.0,0.7 on {', '.join(names[1:])}" in line
 
 
+def test_a_prompt_run_again_replaces_its_earlier_runs_when_asked(result, tmp_path):
+    names = list(dict.fromkeys(r["prompt"] for r in result["runs"]))
+    whole = prompts_part(result, set(names), "aaaaaaa")
+    again = prompts_part(result, {names[0]}, "bbbbbbb")
+    again["runs"] = [{**r, "seconds": r["seconds"] / 2, "again": True} for r in again["runs"]]
+    with pytest.raises(SpecError, match="the same run"):
+        merge_results([whole, again])
+    merged = merge_results([whole, again], replace=True)
+    assert len(merged["runs"]) == len(result["runs"])
+    assert all(r.get("again", False) == (r["prompt"] == names[0]) for r in merged["runs"])
+    assert merged["summary"] == summarize(merged["runs"], [a["name"] for a in result["settings"]["arms"]])
+    assert [(p["mlx_spec"]["commit"], p["prompts"]) for p in merged["settings"]["parts"]] == \
+        [("aaaaaaa", names[1:]), ("bbbbbbb", names[:1])]
+    # run again at one temperature only: the earlier part keeps the prompt for the other
+    greedy_again = part(again, 0.0)
+    merged = merge_results([whole, greedy_again], replace=True)
+    assert len(merged["runs"]) == len(result["runs"])
+    assert {r["temperature"] for r in merged["runs"] if r.get("again")} == {0.0}
+    assert {r["temperature"] for r in merged["runs"] if r["prompt"] == names[0] and not r.get("again")} == {0.7}
+    assert merged["settings"]["parts"][0]["prompts"] == names
+    paths = [write_result(r, tmp_path / f"{i}.json") for i, r in enumerate((whole, again))]
+    out = tmp_path / "merged.json"
+    cli = CliRunner().invoke(app, ["bench", "merge", *map(str, paths), "--out", str(out), "--replace"])
+    assert cli.exit_code == 0, cli.output
+    assert sum(bool(r.get("again")) for r in read_result(out)["runs"]) == len(again["runs"])
+
+
 def test_merging_refuses_a_run_held_twice_and_other_models(result):
     greedy = part(result, 0.0)
     with pytest.raises(SpecError, match="the same run: T=0.0"):
