@@ -214,8 +214,6 @@ class Engine:
         if proposal is None or self.guesser is None or worth is None or not worth():
             return proposal, size
         drafted = proposal.host if proposal.host is not None else proposal.tokens.tolist()
-        if drafted[-1] in self.guesser.ends:  # the proposal ends the reply: nothing follows
-            return proposal, size
         tail, n = self.guesser.continuation_match(self.context, drafted, k_limit - proposal.k)
         key = f"{self.guesser.name}:{n}"
         if not tail or not worth(key):

@@ -498,8 +498,9 @@ class NgramProposer:
         return self.continuation_match(context, drafted, k)[0]
 
     def continuation_match(self, context: list[int], drafted: list[int], k: int) -> tuple[list[int], int]:
-        """(`continuation`, the length of the suffix it matched; 0 when none)."""
-        if k <= 0:
+        """(`continuation`, the length of the suffix it matched; 0 when none, and when the
+        drafted tokens end the reply: nothing follows them)."""
+        if k <= 0 or drafted and drafted[-1] in self.ends:
             return [], 0
         self._extend(context)
         start, n = self._lookup(context[-self.max_n :] + list(drafted), ahead=len(drafted))

@@ -82,6 +82,8 @@ def test_an_ngram_guess_stops_at_the_end_token():
     ending.ends = frozenset({END})
     assert ending.propose(context, 6, SamplingParams(), None).host == [4, END]
     assert ending.continuation(context, [4], 6) == [END]
+    assert ending.continuation(context, [4, END], 6) == []  # nothing follows the end
+    assert plain.continuation(context, [4, END], 6) == [5, 6, 7, 1, 2, 3]
 
 
 def test_an_adaptive_engine_proposes_nothing_past_the_end_and_stays_lossless(stories, context):
